@@ -1,0 +1,100 @@
+"""`kakeya` command line. Config is built here once, from argv and KAKEYA_* environment, and passed down."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from .config import EngineConfig, ModelConfig
+from .errors import EngineError
+from .types import SamplingParams, SpeculativeParams
+
+
+def _env(name: str, default: Optional[str] = None) -> Optional[str]:
+    return os.environ.get(f"KAKEYA_{name}", default)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=_env("MODEL"), help="HF id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=_env("DEVICE", "auto"), choices=["auto", "cpu", "mps", "cuda"])
+    p.add_argument("--dtype", default=_env("DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--cache-dir", default=_env("CACHE_DIR"), help="where GGUF conversions are cached")
+    p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "ngram"), choices=["none", "ngram"])
+    p.add_argument("--num-draft-tokens", type=int, default=int(_env("NUM_DRAFT_TOKENS", "4")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kakeya", description="Kakeya: local LLM inference with lossless speculative decoding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="stream one chat answer to the terminal, then print its stats")
+    gen.add_argument("prompt", nargs="?", default="What is the capital of France?")
+    gen.add_argument("--system", default=None, help="optional system message")
+    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _model_args(gen)
+    return parser
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.llm import LLM
+    from .models import load_model
+    from .tokenizer import StopMatcher, StreamingDetokenizer, apply_chat_template
+
+    loaded = load_model(model_config(args))
+    info = loaded.info
+    print(f"[kakeya] {info.name} on {info.device} ({info.dtype}), loaded in {info.load_seconds:.1f} s", file=sys.stderr)
+    llm = LLM(loaded, engine_config(args))
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    prompt_ids = apply_chat_template(llm.tokenizer, messages)
+    detok, stops = StreamingDetokenizer(llm.tokenizer), StopMatcher(args.stop)
+    first: list[float] = []
+
+    def on_token(token_id: int) -> bool:
+        first or first.append(time.perf_counter())
+        sys.stdout.write(stops.push(detok.push(token_id)))
+        sys.stdout.flush()
+        return stops.stopped
+
+    sampling = SamplingParams(args.max_tokens, args.temperature, args.top_k, args.top_p, args.min_p, args.seed)
+    t0 = time.perf_counter()
+    result = llm.generate(prompt_ids, sampling, on_token=on_token)
+    elapsed = time.perf_counter() - t0
+    sys.stdout.write(stops.push(detok.flush()) + stops.flush() + "\n")
+    n, s = result.usage.completion_tokens, result.spec
+    decode_s = elapsed - (first[0] - t0) if first else elapsed
+    print(
+        f"[kakeya] {n} tokens in {elapsed:.2f} s ({n / elapsed:.1f} tok/s; time to first token "
+        f"{(first[0] - t0) * 1000 if first else 0:.0f} ms; decode {max(n - 1, 0) / decode_s if decode_s > 0 else 0:.1f} tok/s), "
+        f"prompt {result.usage.prompt_tokens} tokens, finish {result.finish_reason.value}; "
+        f"speculation: {s.accepted_tokens}/{s.draft_tokens} drafts accepted, {s.verify_steps} verify steps",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate}[args.command](args)
+    except EngineError as e:
+        print(f"kakeya: error: {e.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Configuration as frozen dataclasses, built once from argv + environment by the CLI and passed down."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .types import SpeculativeParams
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    model: Optional[str] = None  # HF id | local dir | .gguf file; None = embedded SmolLM2-135M-Instruct
+    device: str = "auto"         # auto | cpu | mps | cuda
+    dtype: str = "auto"          # auto | float32 | bfloat16 | float16
+    cache_dir: Optional[str] = None  # GGUF→safetensors conversions; None = user cache dir
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_running: int = 8     # requests decoding at once
+    max_waiting: int = 64    # queued beyond that → Overloaded
+    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)
+    ngram_max: int = 4
+    ngram_min: int = 2
+    max_draft_tokens: int = 16

@@ -1,0 +1,147 @@
+"""EngineCore: the loop. One step = schedule → propose → verify → accept → update."""
+from __future__ import annotations
+
+import itertools
+from typing import Optional, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from kv_cache_proposer.base import Draft, PlainProposer, Proposer
+from kv_cache_proposer.ngram import NgramProposer
+
+from ..config import EngineConfig
+from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback
+from .acceptance import Acceptance, accept_greedy, accept_sampled
+from .request import Request
+from .sampling import make_generator, target_probs
+from .scheduler import Scheduler
+from .validation import validate
+from .verifier import Verifier
+
+
+class EngineCore:
+    def __init__(self, model: PreTrainedModel, eos_ids: Sequence[int], config: EngineConfig = EngineConfig()):
+        self.config = config
+        self.eos_ids = frozenset(eos_ids)
+        self.verifier = Verifier(model)
+        self.scheduler = Scheduler(config.max_running, config.max_waiting)
+        self.proposers: dict[str, Proposer] = {
+            "none": PlainProposer(),
+            "ngram": NgramProposer(config.ngram_max, config.ngram_min),
+        }
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
+        self._ids = itertools.count()
+
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        spec: Optional[SpeculativeParams] = None,
+        on_token: Optional[TokenCallback] = None,
+        request_id: Optional[str] = None,
+    ) -> Request:
+        spec = spec or self.config.speculative
+        validate(prompt_ids, sampling, spec, self)
+        stop = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else self.eos_ids)
+        req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token)
+        req.generator = make_generator(sampling.seed, self.verifier.device)
+        self.scheduler.add(req)
+        return req
+
+    def abort(self, request_id: str) -> bool:
+        req = self.scheduler.find(request_id)
+        if req is None:
+            return False
+        req.finish_reason = FinishReason.STOP
+        self._release(req)
+        return True
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> StepStats:
+        batch = self.scheduler.schedule()
+        drafts = self.propose(batch)
+        logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
+        outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]
+        return self.update(batch, drafts, outcomes)
+
+    # -- the parts of a step -------------------------------------------------
+
+    def proposer_for(self, req: Request) -> Proposer:
+        return self.proposers[req.spec.method]
+
+    def num_draft_tokens(self, req: Request) -> int:
+        """k for this step: never draft past max_tokens or the context window."""
+        if req.spec.method == "none":
+            return 0
+        return max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
+
+    def propose(self, batch: Sequence[Request]) -> list[Draft]:
+        drafts: list[Draft] = [Draft([]) for _ in batch]
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(batch):
+            groups.setdefault(req.spec.method, []).append(i)
+        for method, idx in groups.items():
+            ks = [self.num_draft_tokens(batch[i]) for i in idx]
+            for i, k, draft in zip(idx, ks, self.proposers[method].propose([batch[i] for i in idx], ks)):
+                drafts[i] = draft.truncate(k)
+        return drafts
+
+    def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
+        if req.sampling.greedy:
+            return accept_greedy(logits, draft.tokens)
+        return accept_sampled(target_probs(logits, req.sampling), draft.tokens, draft.probs, req.generator)
+
+    def update(self, batch: Sequence[Request], drafts: Sequence[Draft], outcomes: Sequence[Acceptance]) -> StepStats:
+        stats = StepStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting))
+        for req, draft, out in zip(batch, drafts, outcomes):
+            rejected = out.num_drafted - out.num_accepted
+            req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
+            if rejected:
+                self.proposer_for(req).rewind(req.request_id, rejected)
+            emitted = self._emit(req, out.tokens)
+            step = _step_stats(out, emitted)
+            req.stats.add(step)
+            stats.spec.add(step)
+            stats.scheduled_tokens += len(draft.tokens) + 1
+            stats.generated_tokens += emitted
+            if req.finished:
+                stats.finished += 1
+                self._release(req)
+        return stats
+
+    def _emit(self, req: Request, tokens: Sequence[int]) -> int:
+        """Append tokens until a stop condition; returns how many were kept."""
+        for n, tok in enumerate(tokens, 1):
+            req.output_ids.append(tok)
+            stop_requested = bool(req.on_token(tok)) if req.on_token else False
+            if tok in req.stop_ids or stop_requested:
+                req.finish_reason = FinishReason.STOP
+            elif req.remaining <= 0:
+                req.finish_reason = FinishReason.LENGTH
+            if req.finished:
+                return n
+        return len(tokens)
+
+    def _release(self, req: Request) -> None:
+        self.scheduler.remove(req)
+        self.proposer_for(req).release(req.request_id)
+        req.cache = None
+
+
+def _step_stats(out: Acceptance, emitted: int) -> SpecStats:
+    """Stats for the tokens actually emitted (a stop inside accepted drafts discards the rest)."""
+    accepted = min(out.num_accepted, emitted)
+    final = emitted - accepted  # 0 or 1: the recovered/bonus/plain token, if it was emitted
+    s = SpecStats(verify_steps=1, drafts=int(out.num_drafted > 0), draft_tokens=out.num_drafted)
+    s.accepted_tokens = accepted
+    s.accepted_per_pos = [1] * accepted + [0] * (out.num_drafted - accepted)
+    kind = out.kind
+    s.plain_steps = final if kind == "plain" else 0
+    s.bonus_tokens = final if kind == "bonus" else 0
+    s.recovered_tokens = final if kind == "recovered" else 0
+    return s

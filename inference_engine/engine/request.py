@@ -1,0 +1,42 @@
+"""A request as the engine holds it: prompt, sampling, its KV cache and what it has produced."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..cache.kv_cache import KVCache
+from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    spec: SpeculativeParams
+    stop_ids: frozenset[int]
+    on_token: Optional[TokenCallback] = None
+    output_ids: list[int] = field(default_factory=list)
+    cache: Optional[KVCache] = None
+    generator: Optional[torch.Generator] = None
+    finish_reason: Optional[FinishReason] = None
+    stats: SpecStats = field(default_factory=SpecStats)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Prompt + output; the KV cache covers all of them except the newest token."""
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def remaining(self) -> int:
+        return self.sampling.max_tokens - len(self.output_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

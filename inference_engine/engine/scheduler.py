@@ -1,0 +1,43 @@
+"""Admission and interleaving: FIFO waiting queue, a bounded running set.
+
+Every running request advances by one verify step per engine step, so long generations
+cannot starve short ones. Requests run one forward each (batch size 1 per forward);
+batching ragged caches is future work noted in docs/architecture.md.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from ..errors import Overloaded
+from .request import Request
+
+
+class Scheduler:
+    def __init__(self, max_running: int = 8, max_waiting: int = 64):
+        self.max_running, self.max_waiting = max_running, max_waiting
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, req: Request) -> None:
+        if len(self.waiting) >= self.max_waiting:
+            raise Overloaded(f"queue is full ({self.max_waiting} waiting requests); retry later")
+        self.waiting.append(req)
+
+    def schedule(self) -> list[Request]:
+        """Admit waiting requests into free running slots; return the batch for this step."""
+        while self.waiting and len(self.running) < self.max_running:
+            self.running.append(self.waiting.popleft())
+        return list(self.running)
+
+    def remove(self, req: Request) -> None:
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    def find(self, request_id: str) -> Request | None:
+        return next((r for r in (*self.running, *self.waiting) if r.request_id == request_id), None)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)

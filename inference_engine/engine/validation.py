@@ -1,0 +1,44 @@
+"""Request validation: every rejection is a typed error naming the offending field."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import ContextLengthExceeded, InvalidRequest
+from ..types import SamplingParams, SpeculativeParams
+
+if TYPE_CHECKING:
+    from .core import EngineCore
+
+
+def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, core: "EngineCore") -> None:
+    if len(prompt_ids) == 0:
+        raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt")
+    if sp.max_tokens < 1:
+        raise InvalidRequest(f"max_tokens must be at least 1, got {sp.max_tokens}", "max_tokens")
+    bad = next((t for t in prompt_ids if not 0 <= t < core.vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"prompt token id {bad} is outside the vocabulary [0, {core.vocab_size})", "prompt")
+    total = len(prompt_ids) + sp.max_tokens
+    if total > core.max_context:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {core.max_context} tokens. However, you requested "
+            f"{total} tokens ({len(prompt_ids)} in the prompt, {sp.max_tokens} for the completion). "
+            "Please reduce the prompt or max_tokens.",
+            "max_tokens",
+        )
+    if sp.temperature < 0:
+        raise InvalidRequest(f"temperature must be >= 0, got {sp.temperature}", "temperature")
+    if not 0.0 < sp.top_p <= 1.0:
+        raise InvalidRequest(f"top_p must be in (0, 1], got {sp.top_p}", "top_p")
+    if sp.top_k < 0:
+        raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {sp.top_k}", "top_k")
+    if not 0.0 <= sp.min_p <= 1.0:
+        raise InvalidRequest(f"min_p must be in [0, 1], got {sp.min_p}", "min_p")
+    if spec.method not in core.proposers:
+        known = ", ".join(sorted(core.proposers))
+        raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")
+    if not 0 <= spec.num_draft_tokens <= core.config.max_draft_tokens:
+        raise InvalidRequest(
+            f"num_draft_tokens must be in [0, {core.config.max_draft_tokens}], got {spec.num_draft_tokens}",
+            "speculative.num_draft_tokens",
+        )

