@@ -1,0 +1,40 @@
+"""`kakeya generate` end to end, in-process, on the real tiny Qwen3 and the real SmolLM2."""
+from __future__ import annotations
+
+import pytest
+
+from inference_engine.cli import main
+
+
+def test_generate_streams_and_reports_stats(tiny_qwen3_dir, capsys):
+    rc = main(["generate", "Hello there", "--model", str(tiny_qwen3_dir), "--device", "cpu", "--max-tokens", "8",
+               "--num-draft-tokens", "3"])
+    out = capsys.readouterr()
+    assert rc == 0
+    assert "8 tokens in" in out.err and "finish length" in out.err and "speculation:" in out.err
+    assert out.out.endswith("\n")
+
+
+def test_generate_with_stop_string_and_sampling(tiny_qwen3_dir, capsys):
+    rc = main(["generate", "Hi", "--model", str(tiny_qwen3_dir), "--max-tokens", "6", "--temperature", "0.7",
+               "--seed", "1", "--top-k", "50", "--stop", "zzzz", "--system", "Be brief.", "--speculative-method", "none"])
+    assert rc == 0 and "tokens in" in capsys.readouterr().err
+
+
+def test_generate_error_is_reported_not_raised(tmp_path, capsys):
+    rc = main(["generate", "Hi", "--model", str(tmp_path / "missing.gguf")])
+    assert rc == 2 and "GGUF file not found" in capsys.readouterr().err
+
+
+def test_environment_supplies_defaults(monkeypatch, tiny_qwen3_dir, capsys):
+    monkeypatch.setenv("KAKEYA_MODEL", str(tiny_qwen3_dir))
+    monkeypatch.setenv("KAKEYA_SPECULATIVE_METHOD", "none")
+    assert main(["generate", "Hi", "--max-tokens", "3"]) == 0
+    assert "3 tokens in" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_generate_default_model_answers(capsys):
+    assert main(["generate", "What is the capital of France?", "--max-tokens", "24"]) == 0
+    out = capsys.readouterr()
+    assert "Paris" in out.out and "SmolLM2-135M-Instruct on cpu (float32)" in out.err
