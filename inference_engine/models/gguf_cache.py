@@ -12,6 +12,9 @@ import torch
 from tqdm import tqdm
 
 
+FORMAT = "v2"  # bump when the converted layout changes, so stale caches are rebuilt
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "kakeya"
@@ -27,7 +30,8 @@ def file_digest(path: Path) -> str:
 
 def converted_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     """The safetensors directory for this GGUF file, converting it first if needed."""
-    target = (cache_dir or default_cache_dir()) / "gguf" / f"{gguf_path.stem}-{file_digest(gguf_path)[:16]}"
+    name = f"{gguf_path.stem}-{file_digest(gguf_path)[:16]}-{FORMAT}"
+    target = (cache_dir or default_cache_dir()) / "gguf" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     convert(gguf_path, target)
@@ -45,7 +49,11 @@ def convert(gguf_path: Path, target: Path) -> None:
         steps.update()
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         steps.update()
-        model.hf_quantizer = None  # the weights are plain float32 now; lets save_pretrained write them
+        # The weights are plain float32 now: drop the GGUF quantizer so the saved checkpoint
+        # loads as an ordinary one (any dtype, no quantizer attached).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         steps.update()
