@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import EngineConfig, ModelConfig
@@ -21,8 +23,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=_env("DEVICE", "auto"), choices=["auto", "cpu", "mps", "cuda"])
     p.add_argument("--dtype", default=_env("DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--cache-dir", default=_env("CACHE_DIR"), help="where GGUF conversions are cached")
-    p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "ngram"), choices=["none", "ngram"])
-    p.add_argument("--num-draft-tokens", type=int, default=int(_env("NUM_DRAFT_TOKENS", "4")))
+    p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "auto"),
+                   choices=["auto", "none", "ngram", "suffix", "draft"],
+                   help="default for requests; auto = suffix drafts with k chosen per step (0 when drafting does not pay)")
+    p.add_argument("--num-draft-tokens", type=int, default=int(_env("NUM_DRAFT_TOKENS", "8")),
+                   help="k for fixed methods, the cap for auto")
+    p.add_argument("--draft-model", default=_env("DRAFT_MODEL"), help="smaller model sharing the tokenizer (enables 'draft')")
+    p.add_argument("--suffix-cache-tokens", type=int, default=int(_env("SUFFIX_CACHE_TOKENS", "100000")),
+                   help="memory bound of the cross-request suffix index, in tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +55,14 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens))
+    from .models.gguf_cache import default_cache_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    return EngineConfig(
+        speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens),
+        suffix_cache_tokens=args.suffix_cache_tokens,
+        calibration_file=str(cache / "calibration.json"),
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -58,7 +73,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     loaded = load_model(model_config(args))
     info = loaded.info
     print(f"[kakeya] {info.name} on {info.device} ({info.dtype}), loaded in {info.load_seconds:.1f} s", file=sys.stderr)
-    llm = LLM(loaded, engine_config(args))
+    draft = load_model(replace(model_config(args), model=args.draft_model)) if args.draft_model else None
+    llm = LLM(loaded, engine_config(args), draft)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     prompt_ids = apply_chat_template(llm.tokenizer, messages)
     detok, stops = StreamingDetokenizer(llm.tokenizer), StopMatcher(args.stop)

@@ -19,7 +19,10 @@ class ModelConfig:
 class EngineConfig:
     max_running: int = 8     # requests decoding at once
     max_waiting: int = 64    # queued beyond that → Overloaded
-    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)
+    speculative: SpeculativeParams = field(default_factory=SpeculativeParams)  # server-wide default
     ngram_max: int = 4
     ngram_min: int = 2
     max_draft_tokens: int = 16
+    suffix_cache_tokens: int = 100_000  # memory bound of the cross-request suffix index
+    adaptive_max_k: int = 8             # longest draft the adaptive controller considers
+    calibration_file: Optional[str] = None  # where measured verify-cost curves are cached; None = measure each start

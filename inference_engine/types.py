@@ -31,10 +31,12 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class SpeculativeParams:
-    """method: 'none' (plain decoding, k = 0) or a proposer name; num_draft_tokens is k."""
+    """method: 'none' (plain decoding, k = 0), a proposer ('ngram', 'suffix', 'draft') with a
+    fixed k = num_draft_tokens, or 'auto': the suffix proposer with k chosen per step by the
+    adaptive controller, num_draft_tokens being the cap."""
 
-    method: str = "ngram"
-    num_draft_tokens: int = 4
+    method: str = "auto"
+    num_draft_tokens: int = 8
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ def _first_and_second(draft, draft_probs, seed):
     first = torch.zeros(6)
     second_given_d1 = torch.zeros(6)
     for _ in range(TRIALS):
-        out = accept_sampled(P, draft, draft_probs, gen)
+        out = accept_sampled(P, draft, draft_probs, lambda i: gen)
         first[out.tokens[0]] += 1
         if out.tokens[0] == draft[0]:
             second_given_d1[out.tokens[1]] += 1
@@ -45,7 +45,7 @@ def test_rejection_sampling_with_draft_probs_matches_target():
     first = torch.zeros(6)
     for _ in range(TRIALS):
         d = [int(torch.multinomial(Q[i], 1, generator=gen)) for i in range(2)]
-        out = accept_sampled(P, d, Q, gen)
+        out = accept_sampled(P, d, Q, lambda i: gen)
         first[out.tokens[0]] += 1
     assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
 
@@ -74,13 +74,13 @@ def test_zero_probability_tokens_never_sampled():
     p = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0]])
     gen = torch.Generator().manual_seed(5)
     for _ in range(200):
-        out = accept_sampled(p, [3], None, gen)  # draft has p = 0: always rejected
+        out = accept_sampled(p, [3], None, lambda i: gen)  # draft has p = 0: always rejected
         assert out.num_accepted == 0 and out.tokens[0] in (1, 2)
 
 
 def test_identical_draft_and_target_accept_everything():
     gen = torch.Generator().manual_seed(6)
-    out = accept_sampled(P, [0, 1], P[:2], gen)
+    out = accept_sampled(P, [0, 1], P[:2], lambda i: gen)
     # p == q: acceptance probability is 1 for any draft token
     assert out.num_accepted == 2 and out.kind == "bonus" and len(out.tokens) == 3
 

@@ -38,3 +38,12 @@ def test_generate_default_model_answers(capsys):
     assert main(["generate", "What is the capital of France?", "--max-tokens", "24"]) == 0
     out = capsys.readouterr()
     assert "Paris" in out.out and "SmolLM2-135M-Instruct on cpu (float32)" in out.err
+
+
+def test_generate_with_draft_model_and_calibration_cache(tiny_qwen3_dir, tmp_path, capsys):
+    args = ["generate", "Hi", "--model", str(tiny_qwen3_dir), "--max-tokens", "6", "--cache-dir", str(tmp_path)]
+    assert main(args + ["--draft-model", str(tiny_qwen3_dir), "--speculative-method", "draft", "--num-draft-tokens", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "6 tokens in" in err and "drafts accepted" in err
+    assert main(args + ["--speculative-method", "auto"]) == 0  # calibrates and caches the cost curve
+    assert (tmp_path / "calibration.json").exists()

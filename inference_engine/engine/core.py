@@ -7,29 +7,46 @@ from typing import Optional, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from kv_cache_proposer.adaptive import AdaptiveController
 from kv_cache_proposer.base import Draft, PlainProposer, Proposer
+from kv_cache_proposer.draft_model import DraftModelProposer
 from kv_cache_proposer.ngram import NgramProposer
+from kv_cache_proposer.suffix import SuffixProposer
 
 from ..config import EngineConfig
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback
 from .acceptance import Acceptance, accept_greedy, accept_sampled
+from .calibration import cost_curve
 from .request import Request
-from .sampling import make_generator, target_probs
+from .sampling import make_generator, position_generator, target_probs
 from .scheduler import Scheduler
 from .validation import validate
 from .verifier import Verifier
 
 
 class EngineCore:
-    def __init__(self, model: PreTrainedModel, eos_ids: Sequence[int], config: EngineConfig = EngineConfig()):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        eos_ids: Sequence[int],
+        config: EngineConfig = EngineConfig(),
+        draft_model: Optional[PreTrainedModel] = None,
+    ):
         self.config = config
         self.eos_ids = frozenset(eos_ids)
         self.verifier = Verifier(model)
         self.scheduler = Scheduler(config.max_running, config.max_waiting)
+        suffix = SuffixProposer(config.suffix_cache_tokens)
         self.proposers: dict[str, Proposer] = {
             "none": PlainProposer(),
             "ngram": NgramProposer(config.ngram_max, config.ngram_min),
+            "suffix": suffix,
+            "auto": suffix,  # with k chosen per step by the controller
         }
+        if draft_model is not None:
+            self.proposers["draft"] = DraftModelProposer(draft_model)
+        self.suffix = suffix
+        self._controller: Optional[AdaptiveController] = None
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self._ids = itertools.count()
@@ -71,14 +88,22 @@ class EngineCore:
 
     # -- the parts of a step -------------------------------------------------
 
+    @property
+    def controller(self) -> AdaptiveController:
+        """Built on first use: calibrating the verify-cost curve takes a few forwards."""
+        if self._controller is None:
+            self._controller = AdaptiveController(cost_curve(self.verifier, self.config))
+        return self._controller
+
     def proposer_for(self, req: Request) -> Proposer:
         return self.proposers[req.spec.method]
 
     def num_draft_tokens(self, req: Request) -> int:
-        """k for this step: never draft past max_tokens or the context window."""
+        """k for this step: never draft past max_tokens or the context window; `auto` asks the controller."""
         if req.spec.method == "none":
             return 0
-        return max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
+        k = max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
+        return self.controller.choose_k(req.request_id, k) if req.spec.method == "auto" else k
 
     def propose(self, batch: Sequence[Request]) -> list[Draft]:
         drafts: list[Draft] = [Draft([]) for _ in batch]
@@ -94,7 +119,15 @@ class EngineCore:
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         if req.sampling.greedy:
             return accept_greedy(logits, draft.tokens)
-        return accept_sampled(target_probs(logits, req.sampling), draft.tokens, draft.probs, req.generator)
+        return accept_sampled(target_probs(logits, req.sampling), draft.tokens, draft.probs, self._generator_at(req))
+
+    def _generator_at(self, req: Request):
+        """Seeded requests draw output position i's randomness from a generator keyed by that
+        position, so the same seed gives the same text whatever was drafted."""
+        seed, start, device = req.sampling.seed, len(req.output_ids), self.verifier.device
+        if seed is None:
+            return lambda i: None
+        return lambda i: position_generator(seed, start + i, device)
 
     def update(self, batch: Sequence[Request], drafts: Sequence[Draft], outcomes: Sequence[Acceptance]) -> StepStats:
         stats = StepStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting))
@@ -103,6 +136,8 @@ class EngineCore:
             req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
             if rejected:
                 self.proposer_for(req).rewind(req.request_id, rejected)
+            if req.spec.method == "auto" and out.num_drafted:
+                self.controller.observe(req.request_id, out.num_drafted, out.num_accepted)
             emitted = self._emit(req, out.tokens)
             step = _step_stats(out, emitted)
             req.stats.add(step)
@@ -130,6 +165,9 @@ class EngineCore:
     def _release(self, req: Request) -> None:
         self.scheduler.remove(req)
         self.proposer_for(req).release(req.request_id)
+        if self._controller is not None:
+            self._controller.release(req.request_id)
+        self.suffix.add_sequence(req.token_ids)  # later requests may repeat this one
         req.cache = None
 
 

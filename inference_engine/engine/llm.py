@@ -4,16 +4,27 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..config import EngineConfig
+from ..errors import ModelLoadError
 from ..models import LoadedModel
 from ..tokenizer import decode
 from ..types import EngineResult, SamplingParams, SpeculativeParams, TokenCallback, Usage
 from .core import EngineCore
+from kv_cache_proposer.draft_model import VocabularyMismatch, check_vocab
+
+
+def check_draft(draft: LoadedModel, target: LoadedModel) -> None:
+    try:
+        check_vocab(draft.tokenizer, target.tokenizer, draft.model, target.model)
+    except VocabularyMismatch as e:
+        raise ModelLoadError(f"draft model {draft.info.name!r} cannot draft for {target.info.name!r}: {e}", "draft_model") from e
 
 
 class LLM:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig = EngineConfig()):
+    def __init__(self, loaded: LoadedModel, config: EngineConfig = EngineConfig(), draft: Optional[LoadedModel] = None):
         self.model, self.tokenizer, self.info = loaded.model, loaded.tokenizer, loaded.info
-        self.core = EngineCore(self.model, self.info.eos_ids, config)
+        if draft is not None:
+            check_draft(draft, loaded)
+        self.core = EngineCore(self.model, self.info.eos_ids, config, draft.model if draft else None)
 
     def generate(
         self,

@@ -21,6 +21,14 @@ def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.
     return gen
 
 
+def position_generator(seed: Optional[int], position: int, device: torch.device) -> Optional[torch.Generator]:
+    """The random stream for output position `position` of a seeded request. Keying by
+    position (not by draw order) makes the sample independent of how steps were drafted."""
+    if seed is None:
+        return None
+    return make_generator((seed * 0x9E3779B1 + position) % (1 << 63), device)
+
+
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """logits [N, V] → float32 logits with temperature applied and filtered tokens at -inf."""
     x = logits.float() / max(params.temperature, 1e-5)  # [N, V]
