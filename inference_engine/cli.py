@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import EngineConfig, ModelConfig
+from .config import EngineConfig, ModelConfig, ServerConfig
 from .errors import EngineError
 from .types import SamplingParams, SpeculativeParams
 
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     _model_args(gen)
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8000")))
+    serve.add_argument("--api-key", action="append", default=None,
+                       help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
+    serve.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
+    serve.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
+    _model_args(serve)
     return parser
 
 
@@ -59,10 +67,47 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     return EngineConfig(
+        max_running=getattr(args, "max_running", 8),
+        max_waiting=getattr(args, "max_waiting", 64),
         speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens),
         suffix_cache_tokens=args.suffix_cache_tokens,
         calibration_file=str(cache / "calibration.json"),
     )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    keys = list(args.api_key or []) + [k.strip() for k in (_env("API_KEYS") or "").split(",") if k.strip()]
+    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys))
+
+
+def build_llm(args: argparse.Namespace):
+    from .engine.llm import LLM
+    from .models import load_model
+
+    loaded = load_model(model_config(args))
+    draft = load_model(replace(model_config(args), model=args.draft_model)) if args.draft_model else None
+    return LLM(loaded, engine_config(args), draft)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    import uvicorn
+
+    from .engine.async_engine import AsyncEngine
+    from .http.app import ServerState, create_app
+
+    state = ServerState(server_config(args))
+
+    def load() -> None:  # the server answers /healthz with 503 until this finishes
+        state.attach(AsyncEngine(build_llm(args)))
+        info = state.engine.llm.info
+        print(f"[kakeya] serving {info.name} on {info.device} ({info.dtype}) at http://{args.host}:{args.port}/v1",
+              file=sys.stderr)
+
+    threading.Thread(target=load, name="kakeya-load", daemon=True).start()
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -106,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate}[args.command](args)
+        return {"generate": cmd_generate, "serve": cmd_serve}[args.command](args)
     except EngineError as e:
         print(f"kakeya: error: {e.message}", file=sys.stderr)
         return 2

@@ -26,3 +26,13 @@ class EngineConfig:
     suffix_cache_tokens: int = 100_000  # memory bound of the cross-request suffix index
     adaptive_max_k: int = 8             # longest draft the adaptive controller considers
     calibration_file: Optional[str] = None  # where measured verify-cost curves are cached; None = measure each start
+    cost_curve: Optional[tuple[float, ...]] = None  # pin t(k)/t(0) instead of measuring (reproducible runs)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()       # empty: no auth
+    max_body_bytes: int = 4 * 1024 * 1024
+    keepalive_seconds: float = 10.0      # SSE comment pings while a long prefill runs

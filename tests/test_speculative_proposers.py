@@ -105,7 +105,8 @@ def test_draft_method_needs_a_draft_model(tiny_llm):
 
 def test_auto_prefers_plain_when_drafts_fail(tiny_loaded):
     # Random weights never continue a repeated pattern: the controller learns k = 0.
-    llm = LLM(tiny_loaded, EngineConfig())
+    # The cost curve is pinned to this CPU's float32 one (DESIGN.md §3): measured timings are noisy here.
+    llm = LLM(tiny_loaded, EngineConfig(cost_curve=(1.0, 1.6, 1.62, 1.65, 1.7, 1.72, 1.75, 1.78, 1.8)))
     prompt = PROMPT * 6
     out = llm.generate(prompt, SamplingParams(max_tokens=64, ignore_eos=True), SpeculativeParams("auto", 8))
     s = out.spec

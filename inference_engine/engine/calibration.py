@@ -12,6 +12,8 @@ CONTEXT = 64  # cached tokens during calibration: a typical short-chat position
 
 
 def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
+    if config.cost_curve is not None:
+        return list(config.cost_curve)
     model = verifier.model
     max_k = config.adaptive_max_k
     base = verifier.new_cache()

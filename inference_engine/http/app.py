@@ -1,0 +1,247 @@
+"""The FastAPI app: OpenAI-compatible routes over one AsyncEngine."""
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from typing import Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+
+from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine
+from ..engine.validation import validate
+from ..errors import EngineDead, EngineError, InvalidRequest, ModelNotFound, Overloaded
+from ..metrics import Metrics
+from ..tokenizer import apply_chat_template
+from ..types import SamplingParams, SpecStats, SpeculativeParams
+from . import errors
+from .generation import ChoiceEnd, merge_choices, run_choice
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+
+class Unauthenticated(EngineError):
+    http_status, openai_type, code, grpc_code = 401, "authentication_error", "invalid_api_key", "UNAUTHENTICATED"
+
+
+class PayloadTooLarge(EngineError):
+    http_status, openai_type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class ServerState:
+    """What the routes need; `engine` is None while the model loads."""
+
+    def __init__(self, config: ServerConfig, engine: Optional[AsyncEngine] = None):
+        self.config = config
+        self.engine: Optional[AsyncEngine] = None
+        self.metrics: Optional[Metrics] = None
+        if engine is not None:
+            self.attach(engine)
+
+    def attach(self, engine: AsyncEngine) -> None:
+        self.metrics = Metrics(lambda: engine.num_running, lambda: engine.num_waiting)
+        engine.on_step = self.metrics.observe_step
+        self.engine = engine
+
+    def ready(self) -> AsyncEngine:
+        if self.engine is None:
+            raise EngineDead("the model is still loading; retry shortly")
+        if not self.engine.alive:
+            raise EngineDead("the engine has failed; restart the server")
+        return self.engine
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="Kakeya", description="OpenAI-compatible local inference with lossless speculative decoding")
+    errors.install(app)
+    app.state.kakeya = state
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > state.config.max_body_bytes:
+            e = PayloadTooLarge(f"request body is {length} bytes; the limit is {state.config.max_body_bytes}")
+            return errors.engine_error_response(e)
+        return await call_next(request)
+
+    def auth(request: Request) -> None:
+        keys = state.config.api_keys
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        # compare against every key, in constant time, so timing reveals nothing
+        if not any([hmac.compare_digest(given.encode(), k.encode()) for k in keys]) or not given:
+            raise Unauthenticated("missing or invalid API key: send `Authorization: Bearer <key>`")
+
+    @app.get("/healthz")
+    async def healthz():
+        try:
+            engine = state.ready()
+        except EngineDead as e:
+            return errors.engine_error_response(e)
+        return {"status": "ok", "model": engine.llm.info.name}
+
+    @app.get("/metrics")
+    async def metrics():
+        body = state.metrics.render() if state.metrics else b""
+        return Response(body, media_type=Metrics.content_type)
+
+    @app.get("/v1/models", dependencies=[Depends(auth)])
+    async def list_models():
+        engine = state.ready()
+        return {"object": "list", "data": [_model_card(engine)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(auth)])
+    async def get_model(model_id: str):
+        engine = state.ready()
+        _check_model(engine, model_id)
+        return _model_card(engine)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    async def chat(body: ChatCompletionRequest, request: Request):
+        engine = state.ready()
+        _check_model(engine, body.model)
+        kwargs = dict(body.chat_template_kwargs or {})
+        prompt = apply_chat_template(
+            engine.llm.tokenizer, [m.to_template() for m in body.messages], tools=body.tools,
+            enable_thinking=kwargs.get("enable_thinking"),
+        )
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        return await _complete(state, engine, body, prompt, max_tokens, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(auth)])
+    async def completions(body: CompletionRequest):
+        engine = state.ready()
+        _check_model(engine, body.model)
+        tok = engine.llm.tokenizer
+        prompt = list(body.prompt) if isinstance(body.prompt, list) else tok(body.prompt, add_special_tokens=False)["input_ids"]
+        return await _complete(state, engine, body, prompt, body.max_tokens, chat=False)
+
+    return app
+
+
+def _model_card(engine: AsyncEngine) -> dict:
+    info = engine.llm.info
+    return {"id": info.name, "object": "model", "created": 0, "owned_by": "kakeya", "max_model_len": info.max_context}
+
+
+def _check_model(engine: AsyncEngine, model: Optional[str]) -> None:
+    if model is not None and model != engine.llm.info.name:
+        raise ModelNotFound(f"the model '{model}' does not exist; this server serves '{engine.llm.info.name}'", "model")
+
+
+def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEngine, index: int) -> SamplingParams:
+    if max_tokens is None:
+        max_tokens = max(1, engine.llm.info.max_context - prompt_len)
+    seed = None if body.seed is None else body.seed + index
+    return SamplingParams(max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p, seed)
+
+
+def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
+    default = engine.core.config.speculative
+    opt = body.speculative
+    if opt is None:
+        return default
+    return SpeculativeParams(opt.method or default.method,
+                             default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
+
+
+def _usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
+    spec = SpecStats()
+    for e in ends:
+        spec.add(e.spec)
+    completion = sum(e.completion_tokens for e in ends)
+    return {
+        "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
+        "speculative": {
+            "drafts": spec.drafts, "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
+            "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
+            "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
+            "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
+        },
+    }
+
+
+async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, chat: bool):
+    if not prompt:
+        raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt" if not chat else "messages")
+    if not chat and isinstance(body.prompt, str) and max_tokens is None:
+        max_tokens = 16  # OpenAI's default for /v1/completions
+    # Validate every choice up front so a bad request is a 400, never a broken stream.
+    params = [_sampling(body, len(prompt), max_tokens, engine, i) for i in range(body.n)]
+    spec = _spec(body, engine)
+    validate(prompt, params[0], spec, engine.core)
+    sched = engine.core.scheduler
+    if engine.num_waiting + body.n > sched.max_waiting:  # refuse before any header is sent
+        raise Overloaded(f"queue is full ({sched.max_waiting} waiting requests); retry later")
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created, t0 = int(time.time()), time.perf_counter()
+    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    streams = [run_choice(engine, prompt, p, spec, body.stop_list) for p in params]
+    model = engine.llm.info.name
+
+    def record(ends: list[ChoiceEnd], status: int = 200) -> None:
+        firsts = [e.first_token_at for e in ends if e.first_token_at]
+        reason = ends[0].finish_reason if ends else "error"
+        state.metrics.observe_request(endpoint, status, reason, len(prompt), sum(e.completion_tokens for e in ends),
+                                      (min(firsts) - t0) if firsts else None, time.perf_counter() - t0)
+
+    if not body.stream:
+        texts, ends = [""] * body.n, [ChoiceEnd("stop", 0)] * body.n
+        async for i, piece in merge_choices(streams):
+            if isinstance(piece, ChoiceEnd):
+                ends[i] = piece
+            else:
+                texts[i] += piece
+        record(ends)
+        if chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
+                        "finish_reason": ends[i].finish_reason} for i in range(body.n)]
+            obj = "chat.completion"
+        else:
+            echo = engine.llm.tokenizer.decode(prompt) if body.echo else ""
+            choices = [{"index": i, "text": echo + texts[i], "logprobs": None, "finish_reason": ends[i].finish_reason}
+                       for i in range(body.n)]
+            obj = "text_completion"
+        return JSONResponse({"id": rid, "object": obj, "created": created, "model": model, "choices": choices,
+                             "usage": _usage(len(prompt), ends)})
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list, usage: Optional[dict] = None) -> dict:
+        out = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return {"data": json.dumps(out)}
+
+    def choice(i: int, text: Optional[str] = None, finish: Optional[str] = None, role: bool = False) -> dict:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    async def events():
+        ends: list[ChoiceEnd] = []
+        try:
+            if chat:
+                yield chunk([choice(i, role=True) for i in range(body.n)])
+            async for i, piece in merge_choices(streams):
+                if isinstance(piece, ChoiceEnd):
+                    ends.append(piece)
+                    yield chunk([choice(i, finish=piece.finish_reason)])
+                else:
+                    yield chunk([choice(i, text=piece)])
+            if include_usage:
+                yield chunk([], _usage(len(prompt), ends))
+            record(ends)
+        except Exception as e:  # noqa: BLE001 - after headers are sent, errors travel in-band
+            record(ends, getattr(e, "http_status", 500))
+            yield {"event": "error", "data": errors.sse_error(e)}
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(events(), ping=state.config.keepalive_seconds)

@@ -1,0 +1,88 @@
+"""One choice of a completion: engine tokens → text deltas, with stop strings applied at the edge."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Optional, Sequence, Union
+
+from ..engine.async_engine import AsyncEngine
+from ..tokenizer import StopMatcher, StreamingDetokenizer
+from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
+
+
+@dataclass(slots=True)
+class ChoiceEnd:
+    finish_reason: str
+    completion_tokens: int
+    spec: SpecStats = field(default_factory=SpecStats)
+    first_token_at: Optional[float] = None
+
+
+Piece = Union[str, ChoiceEnd]
+
+
+async def run_choice(
+    engine: AsyncEngine,
+    prompt_ids: Sequence[int],
+    sampling: SamplingParams,
+    spec: Optional[SpeculativeParams],
+    stops: Sequence[str],
+) -> AsyncIterator[Piece]:
+    """Yields text deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
+    no part of it is ever yielded."""
+    detok, matcher = StreamingDetokenizer(engine.llm.tokenizer), StopMatcher(stops)
+    count, first = 0, None
+    gen = engine.generate(prompt_ids, sampling, spec)
+    try:
+        async for item in gen:
+            if isinstance(item, EngineResult):
+                tail = matcher.push(detok.flush()) + matcher.flush()
+                if tail:
+                    yield tail
+                yield ChoiceEnd(item.finish_reason.value, count, item.spec, first)
+                return
+            count += 1
+            first = first or time.perf_counter()
+            delta = matcher.push(detok.push(item))
+            if delta:
+                yield delta
+            if matcher.stopped:
+                yield ChoiceEnd("stop", count, SpecStats(), first)
+                return
+    finally:
+        await gen.aclose()  # aborts the engine request if it is still running
+
+
+async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
+    """Interleave n choices as their pieces arrive: (choice index, piece)."""
+    if len(streams) == 1:
+        async for piece in streams[0]:
+            yield 0, piece
+        return
+    q: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, s: AsyncIterator[Piece]) -> None:
+        try:
+            async for piece in s:
+                await q.put((i, piece))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            await q.put((i, e))
+        finally:
+            await q.put((i, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, piece = await q.get()
+            if piece is done:
+                remaining -= 1
+            elif isinstance(piece, BaseException):
+                raise piece
+            else:
+                yield i, piece
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,54 @@
+"""Prometheus metrics: the only importer of prometheus_client. Observes StepStats and
+per-request timings; names follow vLLM's with a `kakeya_` prefix (PromQL in docs/metrics.md)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .types import StepStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, running: Callable[[], int], waiting: Callable[[], int]):
+        self.registry = r = CollectorRegistry()  # one per app: no global state between servers/tests
+        self.requests = Counter("kakeya_requests", "Finished HTTP requests", ["endpoint", "status", "finish_reason"], registry=r)
+        self.prompt_tokens = Counter("kakeya_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("kakeya_generation_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram("kakeya_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("kakeya_inter_token_latency_seconds", "Time between streamed tokens", buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("kakeya_e2e_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r)
+        Gauge("kakeya_num_requests_running", "Requests decoding now", registry=r).set_function(running)
+        Gauge("kakeya_num_requests_waiting", "Requests queued", registry=r).set_function(waiting)
+        self.drafts = Counter("kakeya_spec_decode_num_drafts", "Verify steps that carried drafts", registry=r)
+        self.draft_tokens = Counter("kakeya_spec_decode_num_draft_tokens", "Draft tokens proposed", registry=r)
+        self.accepted = Counter("kakeya_spec_decode_num_accepted_tokens", "Draft tokens accepted", registry=r)
+        self.accepted_per_pos = Counter(
+            "kakeya_spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens by draft position", ["position"], registry=r
+        )
+        self.verify_steps = Counter("kakeya_spec_decode_num_verify_steps", "Verifier forward passes", registry=r)
+
+    def observe_step(self, stats: StepStats) -> None:
+        s = stats.spec
+        self.drafts.inc(s.drafts)
+        self.draft_tokens.inc(s.draft_tokens)
+        self.accepted.inc(s.accepted_tokens)
+        self.verify_steps.inc(s.verify_steps)
+        for pos, n in enumerate(s.accepted_per_pos):
+            self.accepted_per_pos.labels(position=str(pos)).inc(n)
+
+    def observe_request(self, endpoint: str, status: int, finish_reason: str, prompt: int, generated: int,
+                        ttft: float | None, e2e: float) -> None:
+        self.requests.labels(endpoint=endpoint, status=str(status), finish_reason=finish_reason).inc()
+        self.prompt_tokens.inc(prompt)
+        self.generation_tokens.inc(generated)
+        if ttft is not None:
+            self.ttft.observe(ttft)
+        self.e2e.observe(e2e)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
