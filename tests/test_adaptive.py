@@ -82,10 +82,10 @@ def test_auto_speeds_up_copying_on_smollm2(smol_loaded):
     from inference_engine.tokenizer import apply_chat_template
     from inference_engine.types import SamplingParams, SpeculativeParams
 
+    smol_llm = LLM(smol_loaded, EngineConfig(cost_curve=tuple(CPU_LIKE)))  # measured timings are noisy on shared VMs
     code = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * 3}\n" for i in range(6))
     ids = apply_chat_template(smol_llm.tokenizer, [{"role": "user", "content": f"Repeat this code exactly:\n{code}"}])
     sp = SamplingParams(max_tokens=48)
-    smol_llm = LLM(smol_loaded, EngineConfig(cost_curve=tuple(CPU_LIKE)))  # measured timings are noisy on shared VMs
     plain = smol_llm.generate(ids, sp, SpeculativeParams("none", 0))
     auto = smol_llm.generate(ids, sp, SpeculativeParams("auto", 8))
     assert auto.token_ids == plain.token_ids
