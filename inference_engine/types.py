@@ -23,6 +23,14 @@ class SamplingParams:
     seed: Optional[int] = None
     stop_token_ids: tuple[int, ...] = ()  # added to the model's eos ids
     ignore_eos: bool = False
+    logprobs: Optional[int] = None        # None: off; n >= 0: chosen token's logprob + n alternatives
+    presence_penalty: float = 0.0         # OpenAI semantics, over generated tokens
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -80,6 +88,16 @@ class SpecStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The verifier's log-probability of a generated token (raw model distribution, as vLLM
+    reports it) and the top alternatives as (token id, logprob)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -101,6 +119,7 @@ class EngineResult:
     finish_reason: FinishReason
     usage: Usage
     spec: SpecStats
+    logprobs: Optional[list[TokenLogprob]] = None
 
 
 @dataclass(slots=True)

@@ -14,19 +14,21 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional, Sequence, Union
 
 from ..errors import EngineDead
-from ..tokenizer import decode
-from ..types import EngineResult, SamplingParams, SpeculativeParams, StepStats, Usage
+from ..types import EngineResult, SamplingParams, SpeculativeParams, StepStats, TokenLogprob
 from .llm import LLM
 from .request import Request
+
+
+Token = tuple[int, Optional[TokenLogprob]]  # a generated token id and, if asked for, its logprob
 
 
 @dataclass(slots=True)
 class _Stream:
     request: Request
     loop: asyncio.AbstractEventLoop
-    queue: "asyncio.Queue[Union[int, EngineResult, BaseException]]"
+    queue: "asyncio.Queue[Union[Token, EngineResult, BaseException]]"
 
-    def put(self, item: Union[int, EngineResult, BaseException]) -> None:
+    def put(self, item: Union[Token, EngineResult, BaseException]) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
@@ -101,16 +103,7 @@ class AsyncEngine:
     def _finish_done(self) -> None:
         for rid in [rid for rid, s in self._streams.items() if s.request.finished]:
             stream = self._streams.pop(rid)
-            stream.put(self._result(stream.request))
-
-    def _result(self, req: Request) -> EngineResult:
-        return EngineResult(
-            token_ids=list(req.output_ids),
-            text=decode(self.llm.tokenizer, req.output_ids),
-            finish_reason=req.finish_reason,
-            usage=Usage(len(req.prompt_ids), len(req.output_ids)),
-            spec=req.stats,
-        )
+            stream.put(self.llm.result(stream.request))
 
     # -- asyncio side ----------------------------------------------------------
 
@@ -120,15 +113,16 @@ class AsyncEngine:
         sampling: SamplingParams,
         spec: Optional[SpeculativeParams] = None,
         request_id: Optional[str] = None,
-    ) -> AsyncIterator[Union[int, EngineResult]]:
-        """Yields each generated token id, then the EngineResult. Cancelling the consumer
+    ) -> AsyncIterator[Union[Token, EngineResult]]:
+        """Yields (token id, logprob or None) per generated token, then the EngineResult. Cancelling the consumer
         (client disconnect) aborts the request on the engine within one step."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         holder: list[_Stream] = []
 
-        def on_token(tok: int) -> bool:
-            holder[0].put(tok)
+        def on_token(tok: int) -> bool:  # engine thread, after the token's logprob was recorded
+            req = holder[0].request
+            holder[0].put((tok, req.logprobs[len(req.output_ids) - 1] if req.sampling.logprobs is not None else None))
             return False
 
         def add() -> str:

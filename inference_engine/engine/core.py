@@ -14,11 +14,11 @@ from kv_cache_proposer.ngram import NgramProposer
 from kv_cache_proposer.suffix import SuffixProposer
 
 from ..config import EngineConfig
-from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback
+from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback, TokenLogprob
 from .acceptance import Acceptance, accept_greedy, accept_sampled
 from .calibration import cost_curve
 from .request import Request
-from .sampling import make_generator, position_generator, target_probs
+from .sampling import adjust_logits, make_generator, position_generator, target_probs
 from .scheduler import Scheduler
 from .validation import validate
 from .verifier import Verifier
@@ -84,7 +84,7 @@ class EngineCore:
         drafts = self.propose(batch)
         logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
         outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]
-        return self.update(batch, drafts, outcomes)
+        return self.update(batch, drafts, outcomes, logits)
 
     # -- the parts of a step -------------------------------------------------
 
@@ -117,6 +117,7 @@ class EngineCore:
         return drafts
 
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
+        logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
         if req.sampling.greedy:
             return accept_greedy(logits, draft.tokens)
         return accept_sampled(target_probs(logits, req.sampling), draft.tokens, draft.probs, self._generator_at(req))
@@ -129,15 +130,19 @@ class EngineCore:
             return lambda i: None
         return lambda i: position_generator(seed, start + i, device)
 
-    def update(self, batch: Sequence[Request], drafts: Sequence[Draft], outcomes: Sequence[Acceptance]) -> StepStats:
+    def update(
+        self, batch: Sequence[Request], drafts: Sequence[Draft], outcomes: Sequence[Acceptance], logits: Sequence[torch.Tensor]
+    ) -> StepStats:
         stats = StepStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting))
-        for req, draft, out in zip(batch, drafts, outcomes):
+        for req, draft, out, lg in zip(batch, drafts, outcomes, logits):
             rejected = out.num_drafted - out.num_accepted
             req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
             if rejected:
                 self.proposer_for(req).rewind(req.request_id, rejected)
             if req.spec.method == "auto" and out.num_drafted:
                 self.controller.observe(req.request_id, out.num_drafted, out.num_accepted)
+            if req.sampling.logprobs is not None:
+                req.logprobs.extend(_logprobs(lg, out.tokens, req.sampling.logprobs))
             emitted = self._emit(req, out.tokens)
             step = _step_stats(out, emitted)
             req.stats.add(step)
@@ -159,6 +164,7 @@ class EngineCore:
             elif req.remaining <= 0:
                 req.finish_reason = FinishReason.LENGTH
             if req.finished:
+                del req.logprobs[len(req.output_ids):]  # drop those of discarded tokens
                 return n
         return len(tokens)
 
@@ -169,6 +175,18 @@ class EngineCore:
             self._controller.release(req.request_id)
         self.suffix.add_sequence(req.token_ids)  # later requests may repeat this one
         req.cache = None
+
+
+def _logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
+    """Exact verifier log-probs of the emitted tokens: row i of [k+1, V] scored token i."""
+    lp = logits[: len(tokens)].float().log_softmax(-1)  # [n, V]
+    chosen = lp.gather(-1, torch.tensor(list(tokens), device=lp.device)[:, None]).squeeze(-1).tolist()
+    alts = lp.topk(top, dim=-1) if top > 0 else None
+    out = []
+    for i, tok in enumerate(tokens):
+        pairs = tuple(zip(alts.indices[i].tolist(), alts.values[i].tolist())) if alts is not None else ()
+        out.append(TokenLogprob(tok, chosen[i], pairs))
+    return out
 
 
 def _step_stats(out: Acceptance, emitted: int) -> SpecStats:

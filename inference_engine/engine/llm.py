@@ -9,6 +9,7 @@ from ..models import LoadedModel
 from ..tokenizer import decode
 from ..types import EngineResult, SamplingParams, SpeculativeParams, TokenCallback, Usage
 from .core import EngineCore
+from .request import Request
 from kv_cache_proposer.draft_model import VocabularyMismatch, check_vocab
 
 
@@ -37,10 +38,14 @@ class LLM:
         req = self.core.add_request(prompt_ids, sampling, spec, on_token)
         while not req.finished:
             self.core.step()
+        return self.result(req)
+
+    def result(self, req: Request) -> EngineResult:
         return EngineResult(
             token_ids=list(req.output_ids),
             text=decode(self.tokenizer, req.output_ids),
             finish_reason=req.finish_reason,
             usage=Usage(len(req.prompt_ids), len(req.output_ids)),
             spec=req.stats,
+            logprobs=list(req.logprobs) if req.sampling.logprobs is not None else None,
         )

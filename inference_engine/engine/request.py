@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..cache.kv_cache import KVCache
-from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback
+from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback, TokenLogprob
 
 
 @dataclass(eq=False, slots=True)
@@ -23,6 +23,7 @@ class Request:
     generator: Optional[torch.Generator] = None
     finish_reason: Optional[FinishReason] = None
     stats: SpecStats = field(default_factory=SpecStats)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # filled when sampling.logprobs is set
 
     @property
     def token_ids(self) -> list[int]:

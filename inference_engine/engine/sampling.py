@@ -5,7 +5,7 @@ independent positions (the k+1 verify positions of one request share one Samplin
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -27,6 +27,25 @@ def position_generator(seed: Optional[int], position: int, device: torch.device)
     if seed is None:
         return None
     return make_generator((seed * 0x9E3779B1 + position) % (1 << 63), device)
+
+
+def adjust_logits(logits: torch.Tensor, output_ids: Sequence[int], draft: Sequence[int], params: SamplingParams) -> torch.Tensor:
+    """Presence/frequency penalties and logit_bias on the verify rows [k+1, V]. Row i sees the
+    generated tokens plus drafts d1..d_i as its history, exactly as plain decoding would."""
+    if not params.adjusts_logits:
+        return logits
+    x = logits.float().clone()  # [k+1, V]
+    if params.presence_penalty or params.frequency_penalty:
+        counts = torch.zeros(x.shape[-1], device=x.device)  # [V]
+        if output_ids:
+            counts.index_add_(0, torch.tensor(list(output_ids), device=x.device), torch.ones(len(output_ids), device=x.device))
+        for i in range(x.shape[0]):
+            if i:
+                counts[draft[i - 1]] += 1
+            x[i] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+    for token, bias in params.logit_bias:
+        x[:, token] += bias
+    return x
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

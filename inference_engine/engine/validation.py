@@ -34,6 +34,14 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
         raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {sp.top_k}", "top_k")
     if not 0.0 <= sp.min_p <= 1.0:
         raise InvalidRequest(f"min_p must be in [0, 1], got {sp.min_p}", "min_p")
+    if sp.logprobs is not None and not 0 <= sp.logprobs <= 20:
+        raise InvalidRequest(f"top_logprobs must be in [0, 20], got {sp.logprobs}", "top_logprobs")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2.0 <= getattr(sp, name) <= 2.0:
+            raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(sp, name)}", name)
+    bad_bias = next((t for t, _ in sp.logit_bias if not 0 <= t < core.vocab_size), None)
+    if bad_bias is not None:
+        raise InvalidRequest(f"logit_bias token id {bad_bias} is outside the vocabulary [0, {core.vocab_size})", "logit_bias")
     if spec.method not in core.proposers:
         known = ", ".join(sorted(core.proposers))
         raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")

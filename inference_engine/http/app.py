@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import hmac
-import json
 import time
-import uuid
 from typing import Optional
 
 from fastapi import Depends, FastAPI, Request
@@ -17,9 +15,10 @@ from ..engine.validation import validate
 from ..errors import EngineDead, EngineError, InvalidRequest, ModelNotFound, Overloaded
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
-from ..types import SamplingParams, SpecStats, SpeculativeParams
+from ..types import SamplingParams, SpeculativeParams
 from . import errors
-from .generation import ChoiceEnd, merge_choices, run_choice
+from .generation import ChoiceEnd, run_choice
+from .responses import Completion
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -137,8 +136,15 @@ def _check_model(engine: AsyncEngine, model: Optional[str]) -> None:
 def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEngine, index: int) -> SamplingParams:
     if max_tokens is None:
         max_tokens = max(1, engine.llm.info.max_context - prompt_len)
-    seed = None if body.seed is None else body.seed + index
-    return SamplingParams(max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p, seed)
+    try:
+        bias = tuple((int(t), float(b)) for t, b in (body.logit_bias or {}).items())
+    except ValueError:
+        raise InvalidRequest("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
+    return SamplingParams(
+        max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
+        seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
+    )
 
 
 def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
@@ -150,25 +156,9 @@ def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
                              default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
 
 
-def _usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
-    spec = SpecStats()
-    for e in ends:
-        spec.add(e.spec)
-    completion = sum(e.completion_tokens for e in ends)
-    return {
-        "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
-        "speculative": {
-            "drafts": spec.drafts, "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
-            "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
-            "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
-            "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
-        },
-    }
-
-
 async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, chat: bool):
     if not prompt:
-        raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt" if not chat else "messages")
+        raise InvalidRequest("prompt is empty: at least one prompt token is required", "messages" if chat else "prompt")
     if not chat and isinstance(body.prompt, str) and max_tokens is None:
         max_tokens = 16  # OpenAI's default for /v1/completions
     # Validate every choice up front so a bad request is a 400, never a broken stream.
@@ -178,11 +168,12 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
     sched = engine.core.scheduler
     if engine.num_waiting + body.n > sched.max_waiting:  # refuse before any header is sent
         raise Overloaded(f"queue is full ({sched.max_waiting} waiting requests); retry later")
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    created, t0 = int(time.time()), time.perf_counter()
+    t0 = time.perf_counter()
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    tools = chat and bool(body.tools) and body.tool_choice != "none"
+    out = Completion(chat, engine.llm.info.name, len(prompt), body.n, engine.llm.tokenizer, tools,
+                     body.num_logprobs is not None)
     streams = [run_choice(engine, prompt, p, spec, body.stop_list) for p in params]
-    model = engine.llm.info.name
 
     def record(ends: list[ChoiceEnd], status: int = 200) -> None:
         firsts = [e.first_token_at for e in ends if e.first_token_at]
@@ -191,56 +182,19 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0)
 
     if not body.stream:
-        texts, ends = [""] * body.n, [ChoiceEnd("stop", 0)] * body.n
-        async for i, piece in merge_choices(streams):
-            if isinstance(piece, ChoiceEnd):
-                ends[i] = piece
-            else:
-                texts[i] += piece
+        echo = engine.llm.tokenizer.decode(prompt) if not chat and body.echo else ""
+        response, ends = await out.collect(streams, echo)
         record(ends)
-        if chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-                        "finish_reason": ends[i].finish_reason} for i in range(body.n)]
-            obj = "chat.completion"
-        else:
-            echo = engine.llm.tokenizer.decode(prompt) if body.echo else ""
-            choices = [{"index": i, "text": echo + texts[i], "logprobs": None, "finish_reason": ends[i].finish_reason}
-                       for i in range(body.n)]
-            obj = "text_completion"
-        return JSONResponse({"id": rid, "object": obj, "created": created, "model": model, "choices": choices,
-                             "usage": _usage(len(prompt), ends)})
+        return JSONResponse(response)
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(choices: list, usage: Optional[dict] = None) -> dict:
-        out = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
-        if usage is not None:
-            out["usage"] = usage
-        return {"data": json.dumps(out)}
-
-    def choice(i: int, text: Optional[str] = None, finish: Optional[str] = None, role: bool = False) -> dict:
-        if chat:
-            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
 
     async def events():
-        ends: list[ChoiceEnd] = []
         try:
-            if chat:
-                yield chunk([choice(i, role=True) for i in range(body.n)])
-            async for i, piece in merge_choices(streams):
-                if isinstance(piece, ChoiceEnd):
-                    ends.append(piece)
-                    yield chunk([choice(i, finish=piece.finish_reason)])
-                else:
-                    yield chunk([choice(i, text=piece)])
-            if include_usage:
-                yield chunk([], _usage(len(prompt), ends))
-            record(ends)
+            async for event in out.stream(streams, include_usage, record):
+                yield event
         except Exception as e:  # noqa: BLE001 - after headers are sent, errors travel in-band
-            record(ends, getattr(e, "http_status", 500))
+            record([], getattr(e, "http_status", 500))
             yield {"event": "error", "data": errors.sse_error(e)}
         yield {"data": "[DONE]"}
 

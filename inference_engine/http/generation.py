@@ -8,7 +8,13 @@ from typing import AsyncIterator, Optional, Sequence, Union
 
 from ..engine.async_engine import AsyncEngine
 from ..tokenizer import StopMatcher, StreamingDetokenizer
-from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
+from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, TokenLogprob
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens behind this text
 
 
 @dataclass(slots=True)
@@ -19,7 +25,7 @@ class ChoiceEnd:
     first_token_at: Optional[float] = None
 
 
-Piece = Union[str, ChoiceEnd]
+Piece = Union[Delta, ChoiceEnd]
 
 
 async def run_choice(
@@ -29,24 +35,28 @@ async def run_choice(
     spec: Optional[SpeculativeParams],
     stops: Sequence[str],
 ) -> AsyncIterator[Piece]:
-    """Yields text deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
+    """Yields Deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
     no part of it is ever yielded."""
     detok, matcher = StreamingDetokenizer(engine.llm.tokenizer), StopMatcher(stops)
-    count, first = 0, None
+    count, first, pending = 0, None, []
     gen = engine.generate(prompt_ids, sampling, spec)
     try:
         async for item in gen:
             if isinstance(item, EngineResult):
                 tail = matcher.push(detok.flush()) + matcher.flush()
-                if tail:
-                    yield tail
+                if tail or pending:
+                    yield Delta(tail, pending)
                 yield ChoiceEnd(item.finish_reason.value, count, item.spec, first)
                 return
+            token, logprob = item
             count += 1
             first = first or time.perf_counter()
-            delta = matcher.push(detok.push(item))
-            if delta:
-                yield delta
+            if logprob is not None:
+                pending.append(logprob)
+            text = matcher.push(detok.push(token))
+            if text:
+                yield Delta(text, pending)
+                pending = []
             if matcher.stopped:
                 yield ChoiceEnd("stop", count, SpecStats(), first)
                 return

@@ -57,6 +57,9 @@ class _SamplingFields(_Lenient):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     speculative: Optional[SpeculativeOptions] = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[str, float]] = None
 
     @property
     def stop_list(self) -> list[str]:
@@ -69,8 +72,19 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+
+    @property
+    def num_logprobs(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, list[int]]
     echo: bool = False
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+
+    @property
+    def num_logprobs(self) -> Optional[int]:
+        return self.logprobs

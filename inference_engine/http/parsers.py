@@ -1,0 +1,102 @@
+"""Qwen3 output structure from streamed text: `<think>…</think>` → reasoning_content,
+`<tool_call>{json}</tool_call>` → tool_calls, the rest → content.
+
+Works on deltas so streaming and non-streaming share it. Text that might be the start of a
+tag is held back until it is clearly not one (the same rule as stop strings).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass(slots=True)
+class Parsed:
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: Optional[list[dict]] = None
+
+
+def _partial_suffix(buf: str, tags: list[str]) -> int:
+    """Length of the longest suffix of buf that is a proper prefix of some tag."""
+    return max((n for t in tags for n in range(min(len(t) - 1, len(buf)), 0, -1) if t.startswith(buf[-n:])), default=0)
+
+
+def tool_call(body: str, index: int) -> dict:
+    """One OpenAI tool call from the JSON inside <tool_call>…</tool_call>; malformed JSON is kept
+    as a call whose arguments are the raw text, so nothing the model said is lost."""
+    try:
+        obj = json.loads(body)
+        name, args = obj.get("name", ""), obj.get("arguments", {})
+        args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    except (json.JSONDecodeError, AttributeError):
+        name, args = "", body.strip()
+    return {"index": index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name, "arguments": args}}
+
+
+class OutputParser:
+    def __init__(self, tools: bool):
+        self.tools = tools
+        self.mode = "content"  # content | reasoning | tool
+        self.buf = ""
+        self.num_calls = 0
+        self.started = False   # any content emitted yet: <think> only counts at the start
+
+    def _open_tags(self) -> list[str]:
+        tags = [THINK_OPEN] if not self.started else []
+        return tags + ([TOOL_OPEN] if self.tools else [])
+
+    def push(self, delta: str) -> Parsed:
+        out = Parsed()
+        self.buf += delta
+        while True:
+            if self.mode == "content":
+                tags = self._open_tags()
+                hits = [(i, t) for t in tags if (i := self.buf.find(t)) >= 0]
+                if hits:
+                    i, tag = min(hits)
+                    self._content(out, self.buf[:i])
+                    self.buf = self.buf[i + len(tag):]
+                    self.mode = "reasoning" if tag == THINK_OPEN else "tool"
+                    continue
+                keep = _partial_suffix(self.buf, tags)
+                self._content(out, self.buf[: len(self.buf) - keep])
+                self.buf = self.buf[len(self.buf) - keep:]
+                return out
+            close = THINK_CLOSE if self.mode == "reasoning" else TOOL_CLOSE
+            i = self.buf.find(close)
+            if i < 0:
+                if self.mode == "reasoning":  # reasoning streams as it comes; tool JSON waits for its close
+                    keep = _partial_suffix(self.buf, [close])
+                    out.reasoning += self.buf[: len(self.buf) - keep]
+                    self.buf = self.buf[len(self.buf) - keep:]
+                return out
+            if self.mode == "reasoning":
+                out.reasoning += self.buf[:i]
+                self.buf = self.buf[i + len(close):].lstrip("\n")
+            else:
+                out.tool_calls = (out.tool_calls or []) + [tool_call(self.buf[:i], self.num_calls)]
+                self.num_calls += 1
+                self.buf = self.buf[i + len(close):]
+            self.mode = "content"
+
+    def _content(self, out: Parsed, text: str) -> None:
+        out.content += text
+        self.started = self.started or bool(text.strip())
+
+    def flush(self) -> Parsed:
+        """End of output: an unclosed block is returned as what it was (reasoning, or raw text)."""
+        out, rest, self.buf = Parsed(), self.buf, ""
+        if self.mode == "reasoning":
+            out.reasoning = rest
+        elif self.mode == "tool":
+            out.content = TOOL_OPEN + rest
+        else:
+            out.content = rest
+        return out

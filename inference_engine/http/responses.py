@@ -1,0 +1,151 @@
+"""OpenAI response shapes for chat and text completions, streamed or whole.
+
+A `Completion` holds what one request needs (ids, prompt, n choices); chat choices run their
+text through the Qwen3 OutputParser (reasoning, tool calls) and text choices do not.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import AsyncIterator, Callable, Optional
+
+from ..types import SpecStats, TokenLogprob
+from .generation import ChoiceEnd, Delta, Piece, merge_choices
+from .parsers import OutputParser, Parsed
+
+
+def usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
+    spec = SpecStats()
+    for e in ends:
+        spec.add(e.spec)
+    completion = sum(e.completion_tokens for e in ends)
+    return {
+        "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
+        "speculative": {
+            "drafts": spec.drafts, "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
+            "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
+            "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
+            "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
+        },
+    }
+
+
+class Completion:
+    def __init__(self, chat: bool, model: str, prompt_len: int, n: int, tokenizer, tools: bool, want_logprobs: bool):
+        self.chat, self.model, self.prompt_len, self.n = chat, model, prompt_len, n
+        self.tokenizer, self.want_logprobs = tokenizer, want_logprobs
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.parsers = [OutputParser(tools) for _ in range(n)] if chat else None
+        self.offsets = [0] * n  # text offset per choice, for completions logprobs
+
+    # -- logprobs ----------------------------------------------------------------
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def logprobs(self, i: int, lps: list[TokenLogprob]) -> Optional[dict]:
+        if not self.want_logprobs:
+            return None
+        if self.chat:
+            def entry(tid: int, lp: float) -> dict:
+                tok = self._token(tid)
+                return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
+            return {"content": [dict(entry(t.token_id, t.logprob), top_logprobs=[entry(a, b) for a, b in t.top]) for t in lps]}
+        tokens = [self._token(t.token_id) for t in lps]
+        offsets = []
+        for tok in tokens:
+            offsets.append(self.offsets[i])
+            self.offsets[i] += len(tok)
+        return {"tokens": tokens, "token_logprobs": [t.logprob for t in lps],
+                "top_logprobs": [{self._token(a): b for a, b in t.top} for t in lps], "text_offset": offsets}
+
+    # -- whole response -----------------------------------------------------------
+
+    async def collect(self, streams: list[AsyncIterator[Piece]], echo: str = "") -> tuple[dict, list[ChoiceEnd]]:
+        texts, lps = [""] * self.n, [[] for _ in range(self.n)]
+        ends: list[Optional[ChoiceEnd]] = [None] * self.n
+        async for i, piece in merge_choices(streams):
+            if isinstance(piece, ChoiceEnd):
+                ends[i] = piece
+            else:
+                texts[i] += piece.text
+                lps[i].extend(piece.logprobs)
+        done = [e for e in ends if e is not None]
+        choices = [self._choice(i, texts[i], lps[i], ends[i], echo) for i in range(self.n)]
+        obj = "chat.completion" if self.chat else "text_completion"
+        body = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
+                "usage": usage(self.prompt_len, done)}
+        return body, done
+
+    def _choice(self, i: int, text: str, lps: list[TokenLogprob], end: ChoiceEnd, echo: str) -> dict:
+        finish = end.finish_reason
+        if not self.chat:
+            return {"index": i, "text": echo + text, "logprobs": self.logprobs(i, lps), "finish_reason": finish}
+        parser = self.parsers[i]
+        p = _join(parser.push(text), parser.flush())
+        message: dict = {"role": "assistant", "content": p.content if (p.content or not p.tool_calls) else None}
+        if p.reasoning:
+            message["reasoning_content"] = p.reasoning
+        if p.tool_calls:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in p.tool_calls]
+            finish = "tool_calls" if finish == "stop" else finish
+        return {"index": i, "message": message, "logprobs": self.logprobs(i, lps), "finish_reason": finish}
+
+    # -- streaming ------------------------------------------------------------------
+
+    def chunk(self, choices: list, usage_: Optional[dict] = None) -> dict:
+        out = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+               "created": self.created, "model": self.model, "choices": choices}
+        if usage_ is not None:
+            out["usage"] = usage_
+        return {"data": json.dumps(out, ensure_ascii=False)}
+
+    async def stream(self, streams: list[AsyncIterator[Piece]], include_usage: bool,
+                     on_done: Callable[[list[ChoiceEnd]], None]) -> AsyncIterator[dict]:
+        ends: list[ChoiceEnd] = []
+        called_tools = [False] * self.n
+        if self.chat:
+            for i in range(self.n):
+                yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}])
+        async for i, piece in merge_choices(streams):
+            if isinstance(piece, Delta):
+                for c in self._delta_choices(i, piece, called_tools):
+                    yield self.chunk([c])
+                continue
+            if self.chat:  # anything the parser still holds
+                for c in self._delta_choices(i, Delta(""), called_tools, final=True):
+                    yield self.chunk([c])
+            ends.append(piece)
+            finish = "tool_calls" if called_tools[i] and piece.finish_reason == "stop" else piece.finish_reason
+            delta = {"delta": {}} if self.chat else {"text": ""}
+            yield self.chunk([{"index": i, **delta, "logprobs": None, "finish_reason": finish}])
+        if include_usage:
+            yield self.chunk([], usage(self.prompt_len, ends))
+        on_done(ends)
+
+    def _delta_choices(self, i: int, piece: Delta, called_tools: list[bool], final: bool = False) -> list[dict]:
+        lp = self.logprobs(i, piece.logprobs) if piece.logprobs else None
+        if not self.chat:
+            return [{"index": i, "text": piece.text, "logprobs": lp, "finish_reason": None}]
+        parser = self.parsers[i]
+        p = parser.flush() if final else parser.push(piece.text)
+        out = []
+        if p.reasoning:
+            out.append({"reasoning_content": p.reasoning})
+        if p.content:
+            out.append({"content": p.content})
+        if p.tool_calls:
+            called_tools[i] = True
+            out.append({"tool_calls": p.tool_calls})
+        if lp and not out:
+            out.append({})
+        return [{"index": i, "delta": d, "logprobs": lp if j == 0 else None, "finish_reason": None}
+                for j, d in enumerate(out)]
+
+
+def _join(a: Parsed, b: Parsed) -> Parsed:
+    calls = (a.tool_calls or []) + (b.tool_calls or [])
+    return Parsed(a.content + b.content, a.reasoning + b.reasoning, calls or None)
