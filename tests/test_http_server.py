@@ -219,3 +219,49 @@ def test_health_503_while_loading():
         r = httpx.get(server.url + "/healthz")
         assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
         assert httpx.post(server.url + "/v1/chat/completions", json={"messages": MSG}).status_code == 503
+
+
+def test_chat_logprobs(client, live):
+    r = client.chat.completions.create(model=live[2], messages=MSG, max_tokens=5, temperature=0, logprobs=True,
+                                       top_logprobs=3, extra_body={"speculative": {"method": "ngram", "num_draft_tokens": 3}})
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+
+
+def test_completion_logprobs_streamed(client, live):
+    chunks = list(client.completions.create(model=live[2], prompt="Hello", max_tokens=4, temperature=0, logprobs=2,
+                                            stream=True))
+    lps = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    tokens = [t for lp in lps for t in lp.tokens]
+    assert len(tokens) == 4 and all(len(top) == 2 for lp in lps for top in lp.top_logprobs)
+    assert "".join(tokens) == "".join(c.choices[0].text for c in chunks)
+
+
+def test_penalties_bias_and_tools_accepted(client, live):
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    r = client.chat.completions.create(
+        model=live[2], max_tokens=4, temperature=0, presence_penalty=1.0, frequency_penalty=0.5,
+        logit_bias={"9707": 100}, tools=[tool], tool_choice="auto", user="u1",
+        messages=[{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": [{"type": "text", "text": "Look it up."}]},
+                  {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "42"}],
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "top_k": 5, "min_p": 0.01},
+    )
+    assert r.choices[0].message.content == "Hello" * 4  # token 9707 is "Hello", forced by logit_bias
+    r = httpx.post(live[0].url + "/v1/chat/completions", json={"messages": MSG, "logit_bias": {"abc": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
+
+
+def test_keepalive_comments(tiny_loaded):
+    engine, state, server = _start(tiny_loaded, keepalive_seconds=0.01)
+    with server:
+        body = {"messages": MSG, "max_tokens": 40, "stream": True}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            raw = "".join(r.iter_text())
+    engine.shutdown()
+    assert ": ping" in raw and raw.rstrip().endswith("data: [DONE]")

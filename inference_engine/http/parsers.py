@@ -47,6 +47,7 @@ class OutputParser:
         self.buf = ""
         self.num_calls = 0
         self.started = False   # any content emitted yet: <think> only counts at the start
+        self.after_think = False  # drop the blank lines Qwen3 puts between </think> and the answer
 
     def _open_tags(self) -> list[str]:
         tags = [THINK_OPEN] if not self.started else []
@@ -79,7 +80,8 @@ class OutputParser:
                 return out
             if self.mode == "reasoning":
                 out.reasoning += self.buf[:i]
-                self.buf = self.buf[i + len(close):].lstrip("\n")
+                self.buf = self.buf[i + len(close):]
+                self.after_think = True
             else:
                 out.tool_calls = (out.tool_calls or []) + [tool_call(self.buf[:i], self.num_calls)]
                 self.num_calls += 1
@@ -87,6 +89,9 @@ class OutputParser:
             self.mode = "content"
 
     def _content(self, out: Parsed, text: str) -> None:
+        if self.after_think:
+            text = text.lstrip("\n")
+            self.after_think = not text
         out.content += text
         self.started = self.started or bool(text.strip())
 

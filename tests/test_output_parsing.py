@@ -1,0 +1,108 @@
+"""Qwen3 reasoning and tool-call parsing on real Qwen3-format text, streamed token by token
+through the real tokenizer, and assembled into OpenAI responses (whole and streamed)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from inference_engine.http.generation import ChoiceEnd, Delta
+from inference_engine.http.parsers import OutputParser
+from inference_engine.http.responses import Completion
+from inference_engine.tokenizer import StreamingDetokenizer
+
+THINKING = "<think>\nThe user wants the weather. I should call the tool.\n</think>\n\n"
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+ANSWER = "Paris is sunny today ☀️, 21 °C."
+
+
+def _deltas(tokenizer, text):
+    """The text as the server sees it: one detokenized delta per generated token."""
+    detok = StreamingDetokenizer(tokenizer)
+    out = [detok.push(t) for t in tokenizer(text)["input_ids"]] + [detok.flush()]
+    return [d for d in out if d]
+
+
+def _parse(tokenizer, text, tools):
+    p = OutputParser(tools)
+    content, reasoning, calls = "", "", []
+    for d in _deltas(tokenizer, text) + [None]:
+        part = p.flush() if d is None else p.push(d)
+        content, reasoning = content + part.content, reasoning + part.reasoning
+        calls += part.tool_calls or []
+    return content, reasoning, calls
+
+
+def test_reasoning_then_answer(qwen3_tokenizer):
+    content, reasoning, calls = _parse(qwen3_tokenizer, THINKING + ANSWER, tools=False)
+    assert reasoning == "\nThe user wants the weather. I should call the tool.\n"
+    assert content == ANSWER and calls == []
+
+
+def test_tool_call_with_reasoning(qwen3_tokenizer):
+    content, reasoning, calls = _parse(qwen3_tokenizer, THINKING + CALL, tools=True)
+    assert reasoning.strip().startswith("The user wants") and content == ""
+    assert len(calls) == 1 and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris", "unit": "celsius"}
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+
+
+def test_two_tool_calls_and_text(qwen3_tokenizer):
+    text = "Let me check.\n" + CALL + "\n" + CALL.replace("Paris", "Oslo")
+    content, _, calls = _parse(qwen3_tokenizer, text, tools=True)
+    assert content.strip() == "Let me check." and [c["index"] for c in calls] == [0, 1]
+    assert json.loads(calls[1]["function"]["arguments"])["city"] == "Oslo"
+
+
+def test_tools_off_leaves_tags_as_content(qwen3_tokenizer):
+    content, _, calls = _parse(qwen3_tokenizer, CALL, tools=False)
+    assert content == CALL and calls == []
+
+
+def test_unclosed_blocks_lose_nothing(qwen3_tokenizer):
+    assert _parse(qwen3_tokenizer, "<think>still thinking", tools=False)[1] == "still thinking"
+    content, _, calls = _parse(qwen3_tokenizer, '<tool_call>\n{"name": "f"', tools=True)
+    assert content == '<tool_call>\n{"name": "f"' and calls == []
+
+
+def test_malformed_tool_json_is_kept_raw(qwen3_tokenizer):
+    _, _, calls = _parse(qwen3_tokenizer, "<tool_call>\nnot json\n</tool_call>", tools=True)
+    assert calls[0]["function"] == {"name": "", "arguments": "not json"}
+
+
+def test_think_tag_later_in_content_is_text(qwen3_tokenizer):
+    content, reasoning, _ = _parse(qwen3_tokenizer, "Use the <think> tag like this.", tools=False)
+    assert content == "Use the <think> tag like this." and reasoning == ""
+
+
+async def _pieces(tokenizer, text):
+    for d in _deltas(tokenizer, text):
+        yield Delta(d)
+    yield ChoiceEnd("stop", 5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_response_shapes(qwen3_tokenizer, stream):
+    comp = Completion(True, "m", 10, 1, qwen3_tokenizer, tools=True, want_logprobs=False)
+    source = _pieces(qwen3_tokenizer, THINKING + CALL)
+    if not stream:
+        body, ends = asyncio.run(comp.collect([source]))
+        choice = body["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+        assert choice["message"]["reasoning_content"].strip().startswith("The user wants")
+        assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        return
+
+    async def run():
+        return [json.loads(e["data"]) async for e in comp.stream([source], True, lambda ends: None)]
+
+    chunks = asyncio.run(run())
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
+    assert reasoning.strip().startswith("The user wants") and calls[0]["index"] == 0
+    assert json.loads(calls[0]["function"]["arguments"])["city"] == "Paris"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
