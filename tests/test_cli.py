@@ -47,3 +47,41 @@ def test_generate_with_draft_model_and_calibration_cache(tiny_qwen3_dir, tmp_pat
     assert "6 tokens in" in err and "drafts accepted" in err
     assert main(args + ["--speculative-method", "auto"]) == 0  # calibrates and caches the cost curve
     assert (tmp_path / "calibration.json").exists()
+
+
+def test_serve_starts_loads_and_answers(tiny_qwen3_dir, tmp_path):
+    """`kakeya serve` as users run it: a real process, 503 while loading, then 200 and a completion."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from http_server import free_port
+
+    port = free_port()
+    env = dict(os.environ, KAKEYA_API_KEYS="k1,k2", KAKEYA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_engine", "serve", "--model", str(tiny_qwen3_dir), "--port", str(port),
+         "--api-key", "k3", "--speculative-method", "ngram"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url, status = f"http://127.0.0.1:{port}", None
+        deadline = time.time() + 120
+        while time.time() < deadline and status != 200:
+            try:
+                status = httpx.get(url + "/healthz").status_code
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert status == 200
+        h = {"Authorization": "Bearer k2"}
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, headers=h, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3"}).status_code == 200
+        assert httpx.get(url + "/v1/models").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
