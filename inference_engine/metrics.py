@@ -2,7 +2,7 @@
 per-request timings; names follow vLLM's with a `kakeya_` prefix (PromQL in docs/metrics.md)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -42,13 +42,15 @@ class Metrics:
             self.accepted_per_pos.labels(position=str(pos)).inc(n)
 
     def observe_request(self, endpoint: str, status: int, finish_reason: str, prompt: int, generated: int,
-                        ttft: float | None, e2e: float) -> None:
+                        ttft: float | None, e2e: float, token_gaps: Sequence[float] = ()) -> None:
         self.requests.labels(endpoint=endpoint, status=str(status), finish_reason=finish_reason).inc()
         self.prompt_tokens.inc(prompt)
         self.generation_tokens.inc(generated)
         if ttft is not None:
             self.ttft.observe(ttft)
         self.e2e.observe(e2e)
+        for gap in token_gaps:
+            self.itl.observe(gap)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -169,6 +169,8 @@ def test_metrics_after_completion(client, live):
                  "kakeya_spec_decode_num_draft_tokens_total", "kakeya_spec_decode_num_accepted_tokens_total",
                  "kakeya_time_to_first_token_seconds_bucket", "kakeya_num_requests_running"):
         assert name in text
+    itl = [l for l in text.splitlines() if l.startswith("kakeya_inter_token_latency_seconds_count")]
+    assert itl and float(itl[0].split()[-1]) >= 2  # 3 tokens: 2 gaps
 
 
 def test_disconnect_mid_stream_aborts(live):

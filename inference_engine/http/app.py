@@ -179,7 +179,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
         firsts = [e.first_token_at for e in ends if e.first_token_at]
         reason = ends[0].finish_reason if ends else "error"
         state.metrics.observe_request(endpoint, status, reason, len(prompt), sum(e.completion_tokens for e in ends),
-                                      (min(firsts) - t0) if firsts else None, time.perf_counter() - t0)
+                                      (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
+                                      [g for e in ends for g in e.token_gaps])
 
     if not body.stream:
         echo = engine.llm.tokenizer.decode(prompt) if not chat and body.echo else ""

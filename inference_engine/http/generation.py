@@ -23,6 +23,7 @@ class ChoiceEnd:
     completion_tokens: int
     spec: SpecStats = field(default_factory=SpecStats)
     first_token_at: Optional[float] = None
+    token_gaps: list[float] = field(default_factory=list)  # seconds between consecutive tokens
 
 
 Piece = Union[Delta, ChoiceEnd]
@@ -38,7 +39,7 @@ async def run_choice(
     """Yields Deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
     no part of it is ever yielded."""
     detok, matcher = StreamingDetokenizer(engine.llm.tokenizer), StopMatcher(stops)
-    count, first, pending = 0, None, []
+    count, first, last, pending, gaps = 0, None, 0.0, [], []
     gen = engine.generate(prompt_ids, sampling, spec)
     try:
         async for item in gen:
@@ -46,11 +47,16 @@ async def run_choice(
                 tail = matcher.push(detok.flush()) + matcher.flush()
                 if tail or pending:
                     yield Delta(tail, pending)
-                yield ChoiceEnd(item.finish_reason.value, count, item.spec, first)
+                yield ChoiceEnd(item.finish_reason.value, count, item.spec, first, gaps)
                 return
             token, logprob = item
             count += 1
-            first = first or time.perf_counter()
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
             if logprob is not None:
                 pending.append(logprob)
             text = matcher.push(detok.push(token))
@@ -58,7 +64,7 @@ async def run_choice(
                 yield Delta(text, pending)
                 pending = []
             if matcher.stopped:
-                yield ChoiceEnd("stop", count, SpecStats(), first)
+                yield ChoiceEnd("stop", count, SpecStats(), first, gaps)
                 return
     finally:
         await gen.aclose()  # aborts the engine request if it is still running
