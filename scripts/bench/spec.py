@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct, float32, CPU, greedy. Workloads (scripts/bench/workloads/
 open chat, code editing, summarise with quotes, a multi-turn agent session. Each column (our
 `none`, each --methods entry, HF plain, HF `prompt_lookup_num_tokens=10`) has its own engine, so
 a suffix index is never shared between columns; within a column the workloads and their requests
-run in order, so earlier requests populate that column's index. Columns alternate workload by
-workload so drift on a shared VM hits all of them. eos: every column stops at eos naturally (ours
+run in order, so earlier requests populate that column's index. Columns alternate request by
+request so drift on a shared VM hits all of them. eos: every column stops at eos naturally (ours
 and HF use the same eos ids) or at max_tokens; the eos token counts as generated.
 
 tok/s = generated tokens / wall time over the whole workload, prefill included. Every column's
@@ -73,6 +73,8 @@ def make_column(loaded, name: str, k: int):
         return hf
 
     llm = LLM(loaded, EngineConfig())
+    if name == "auto":
+        llm.core.controller  # calibrate the verify-cost curve now, outside the timed runs
     spec = SpeculativeParams(name, 0 if name == "none" else k)
 
     def ours(ids, max_tokens):
@@ -97,20 +99,26 @@ def prompts(tok, wl: dict, outputs: list[list[int]]):
         yield apply_chat_template(tok, messages) + tok.encode(prefix, add_special_tokens=False)
 
 
-def run_workload(tok, wl: dict, column, max_tokens: int = 0) -> dict:
-    outputs, prompt_ids, stats = [], [], None
-    t0 = time.perf_counter()
-    for ids in prompts(tok, wl, outputs):
-        out, spec = column(ids, max_tokens or wl["max_tokens"])
-        outputs.append(out)
-        prompt_ids.append(ids)
-        if spec is not None:
-            stats = stats or SpecStats()
-            stats.add(spec)
-    seconds = time.perf_counter() - t0
-    n = sum(map(len, outputs))
-    return {"tokens": n, "seconds": seconds, "tok_s": n / seconds, "outputs": outputs, "prompt_ids": prompt_ids,
-            **spec_summary(stats)}
+def run_workload(tok, wl: dict, columns: dict, max_tokens: int = 0) -> dict:
+    """All columns over one workload, alternating request by request; each column keeps its own history."""
+    runs = {c: {"outputs": [], "prompt_ids": [], "seconds": 0.0, "stats": None} for c in columns}
+    turns = {c: prompts(tok, wl, runs[c]["outputs"]) for c in columns}
+    for _ in wl["requests"]:
+        for c, column in columns.items():
+            run, ids = runs[c], next(turns[c])
+            t0 = time.perf_counter()
+            out, spec = column(ids, max_tokens or wl["max_tokens"])
+            run["seconds"] += time.perf_counter() - t0
+            run["outputs"].append(out)
+            run["prompt_ids"].append(ids)
+            if spec is not None:
+                run["stats"] = run["stats"] or SpecStats()
+                run["stats"].add(spec)
+    for run in runs.values():
+        run["tokens"] = sum(map(len, run["outputs"]))
+        run["tok_s"] = run["tokens"] / run["seconds"]
+        run.update(spec_summary(run.pop("stats")))
+    return runs
 
 
 def spec_summary(stats: SpecStats | None) -> dict:
@@ -119,6 +127,17 @@ def spec_summary(stats: SpecStats | None) -> dict:
         return {"acceptance_rate": None, "mean_accepted_length": None, "stats": None}
     return {"acceptance_rate": stats.acceptance_rate, "mean_accepted_length": stats.mean_accepted_length,
             "stats": {f: getattr(stats, f) for f in SpecStats.__slots__}}
+
+
+def total(runs: list[dict]) -> dict:
+    """One column over all workloads."""
+    tokens, seconds, stats = sum(r["tokens"] for r in runs), sum(r["seconds"] for r in runs), None
+    for r in runs:
+        if r["stats"] is not None:
+            stats = stats or SpecStats()
+            stats.add(SpecStats(**r["stats"]))
+    return {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds, **spec_summary(stats),
+            "mismatches": [m for r in runs for m in r["mismatches"]]}
 
 
 def lcs(a: list[int], b: list[int]) -> int:
@@ -180,34 +199,24 @@ def main() -> None:
     names = args.workloads.split(",")
     workloads = [load_workload(n) for n in names]
     ref = "none" if "none" in columns else columns[0]
-    rows: dict = {n: {} for n in names + ["all"]}
+    rows: dict = {}
     overlap: dict = {}
     for wl in workloads:
-        for c in columns:
-            rows[wl["name"]][c] = run_workload(tok, wl, fns[c], args.max_tokens)
-            print(f"{wl['name']:>16} {c:>10}: {rows[wl['name']][c]['tok_s']:.1f} tok/s", flush=True)
+        rows[wl["name"]] = run_workload(tok, wl, fns, args.max_tokens)
+        print(f"{wl['name']:>16}: " + ", ".join(f"{c} {r['tok_s']:.1f}" for c, r in rows[wl["name"]].items()) + " tok/s",
+              flush=True)
         base = rows[wl["name"]][ref]
         overlap[wl["name"]] = [
             {"prompt_tokens": len(p), "output_tokens": len(o), "lcs": lcs(o, p) / max(1, len(o)), "copied": copied(o, p)}
             for o, p in zip(base["outputs"], base["prompt_ids"])
         ]
-        for c in columns:
-            r = rows[wl["name"]][c]
+        for r in rows[wl["name"]].values():
             r["ratio"] = r["tok_s"] / base["tok_s"]
-            r["mismatches"] = [{"request": i, "first_difference_at": first_difference(o, b)}
+            r["mismatches"] = [{"workload": wl["name"], "request": i, "first_difference_at": first_difference(o, b)}
                                for i, (o, b) in enumerate(zip(r["outputs"], base["outputs"])) if o != b]
-    for c in columns:
-        tokens = sum(rows[n][c]["tokens"] for n in names)
-        seconds = sum(rows[n][c]["seconds"] for n in names)
-        stats = None
-        for n in names:
-            if rows[n][c]["stats"] is not None:
-                stats = stats or SpecStats()
-                stats.add(SpecStats(**rows[n][c]["stats"]))
-        rows["all"][c] = {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds, **spec_summary(stats),
-                          "mismatches": [m for n in names for m in rows[n][c]["mismatches"]]}
-    for c in columns:
-        rows["all"][c]["ratio"] = rows["all"][c]["tok_s"] / rows["all"][ref]["tok_s"]
+    rows["all"] = {c: total([rows[n][c] for n in names]) for c in columns}
+    for r in rows["all"].values():
+        r["ratio"] = r["tok_s"] / rows["all"][ref]["tok_s"]
     texts = {n: [decode(tok, o) for o in rows[n][ref]["outputs"]] for n in names}
     for n in names:
         for c in columns:
