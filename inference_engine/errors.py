@@ -38,6 +38,14 @@ class ModelLoadError(EngineError):
     http_status, openai_type, code, grpc_code = 503, "server_error", "model_load_error", "UNAVAILABLE"
 
 
+class Unauthenticated(EngineError):
+    http_status, openai_type, code, grpc_code = 401, "authentication_error", "invalid_api_key", "UNAUTHENTICATED"
+
+
+class PayloadTooLarge(EngineError):
+    http_status, openai_type, code, grpc_code = 413, "invalid_request_error", "payload_too_large", "RESOURCE_EXHAUSTED"
+
+
 class Overloaded(EngineError):
     http_status, openai_type, code, grpc_code = 429, "rate_limit_error", "queue_full", "RESOURCE_EXHAUSTED"
 

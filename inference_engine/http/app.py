@@ -12,7 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.validation import validate
-from ..errors import EngineDead, EngineError, InvalidRequest, ModelNotFound, Overloaded
+from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, Unauthenticated
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
@@ -20,14 +20,6 @@ from . import errors
 from .generation import ChoiceEnd, run_choice
 from .responses import Completion
 from .schemas import ChatCompletionRequest, CompletionRequest
-
-
-class Unauthenticated(EngineError):
-    http_status, openai_type, code, grpc_code = 401, "authentication_error", "invalid_api_key", "UNAUTHENTICATED"
-
-
-class PayloadTooLarge(EngineError):
-    http_status, openai_type, code = 413, "invalid_request_error", "payload_too_large"
 
 
 class ServerState:
