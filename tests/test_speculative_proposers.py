@@ -113,3 +113,17 @@ def test_auto_prefers_plain_when_drafts_fail(tiny_loaded):
     assert s.plain_steps > 0.6 * s.verify_steps, s
     rates = llm.core.controller.rates()
     assert rates and rates[0] < 0.5  # learned down from the 0.5 prior
+
+
+def test_auto_notices_when_drafts_start_matching(tiny_loaded):
+    # First teach the controller that drafts fail (k -> 0), then ask for an output the suffix
+    # index already holds: shadow checks of the free first draft token during plain steps
+    # must bring drafting back within a few steps, long before a scheduled re-probe.
+    llm = LLM(tiny_loaded, EngineConfig(cost_curve=(1.0, 1.6, 1.62, 1.65, 1.7, 1.72, 1.75, 1.78, 1.8)))
+    sp = SamplingParams(max_tokens=48, ignore_eos=True)
+    llm.generate(PROMPT * 6, sp, SpeculativeParams("auto", 8))
+    assert llm.core.controller.rates()[0] < 0.5
+    known = llm.generate(PROMPT, sp, PLAIN)  # the suffix index now holds this output
+    again = llm.generate(PROMPT, sp, SpeculativeParams("auto", 8))
+    assert again.token_ids == known.token_ids
+    assert again.spec.verify_steps < 0.5 * len(again.token_ids), again.spec

@@ -47,6 +47,7 @@ class EngineCore:
             self.proposers["draft"] = DraftModelProposer(draft_model)
         self.suffix = suffix
         self._controller: Optional[AdaptiveController] = None
+        self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self._ids = itertools.count()
@@ -114,7 +115,17 @@ class EngineCore:
             ks = [self.num_draft_tokens(batch[i]) for i in idx]
             for i, k, draft in zip(idx, ks, self.proposers[method].propose([batch[i] for i in idx], ks)):
                 drafts[i] = draft.truncate(k)
+                if method == "auto" and k == 0:
+                    self._propose_shadow(batch[i])
         return drafts
+
+    def _propose_shadow(self, req: Request) -> None:
+        """While auto decodes plainly, the (free) first draft token is compared with what the verifier
+        emits, so the controller sees acceptance recover without paying for a verify."""
+        if min(req.spec.num_draft_tokens, req.remaining - 1) > 0:
+            draft = self.proposers["auto"].propose([req], [1])[0]
+            if draft.tokens:
+                self._shadow[req.request_id] = draft.tokens[0]
 
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
@@ -141,6 +152,9 @@ class EngineCore:
                 self.proposer_for(req).rewind(req.request_id, rejected)
             if req.spec.method == "auto" and out.num_drafted:
                 self.controller.observe(req.request_id, out.num_drafted, out.num_accepted)
+            shadow = self._shadow.pop(req.request_id, None)
+            if shadow is not None:
+                self.controller.observe(req.request_id, 1, int(out.tokens[0] == shadow))
             if req.sampling.logprobs is not None:
                 req.logprobs.extend(_logprobs(lg, out.tokens, req.sampling.logprobs))
             emitted = self._emit(req, out.tokens)
