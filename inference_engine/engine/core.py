@@ -101,10 +101,13 @@ class EngineCore:
 
     def num_draft_tokens(self, req: Request) -> int:
         """k for this step: never draft past max_tokens or the context window; `auto` asks the controller."""
+        k = self._draft_cap(req)
+        return self.controller.choose_k(req.request_id, k) if req.spec.method == "auto" else k
+
+    def _draft_cap(self, req: Request) -> int:
         if req.spec.method == "none":
             return 0
-        k = max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
-        return self.controller.choose_k(req.request_id, k) if req.spec.method == "auto" else k
+        return max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
 
     def propose(self, batch: Sequence[Request]) -> list[Draft]:
         drafts: list[Draft] = [Draft([]) for _ in batch]
@@ -122,7 +125,7 @@ class EngineCore:
     def _propose_shadow(self, req: Request) -> None:
         """While auto decodes plainly, the (free) first draft token is compared with what the verifier
         emits, so the controller sees acceptance recover without paying for a verify."""
-        if min(req.spec.num_draft_tokens, req.remaining - 1) > 0:
+        if self._draft_cap(req) > 0:
             draft = self.proposers["auto"].propose([req], [1])[0]
             if draft.tokens:
                 self._shadow[req.request_id] = draft.tokens[0]
