@@ -27,6 +27,11 @@ class EngineConfig:
     adaptive_max_k: int = 8             # longest draft the adaptive controller considers
     calibration_file: Optional[str] = None  # where measured verify-cost curves are cached; None = measure each start
     cost_curve: Optional[tuple[float, ...]] = None  # pin t(k)/t(0) instead of measuring (reproducible runs)
+    max_batch: int = 8                  # decoding requests verified together in one forward
+    session_cache_bytes: int = 1 << 30  # KV bytes the session store / prefix cache may hold (LRU)
+    session_ttl: float = 3600.0         # seconds an idle session lives
+    max_sessions: int = 256             # open client sessions; beyond → TooManySessions
+    prefix_cache: bool = True           # stateless requests reuse the longest cached prefix
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,3 +52,17 @@ class Overloaded(EngineError):
 
 class EngineDead(EngineError):
     http_status, openai_type, code, grpc_code = 503, "server_error", "engine_unavailable", "UNAVAILABLE"
+
+
+class SessionNotFound(EngineError):
+    http_status, openai_type, code, grpc_code = 404, "invalid_request_error", "session_not_found", "NOT_FOUND"
+
+
+class SessionBusy(EngineError):
+    """A second generate on a session whose previous generate has not finished."""
+
+    http_status, openai_type, code, grpc_code = 409, "invalid_request_error", "session_busy", "FAILED_PRECONDITION"
+
+
+class TooManySessions(Overloaded):
+    code = "too_many_sessions"

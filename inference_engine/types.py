@@ -129,6 +129,7 @@ class StepStats:
     num_running: int = 0
     num_waiting: int = 0
     scheduled_tokens: int = 0   # tokens fed through the verifier this step
+    forwards: int = 0           # verifier model calls this step (decoding requests share one)
     generated_tokens: int = 0
     finished: int = 0
     spec: SpecStats = field(default_factory=SpecStats)

@@ -131,7 +131,7 @@ def test_queue_bound_and_abort(tiny_loaded):
 
 
 def test_kv_cache_length_trim_nbytes(tiny_loaded):
-    cache = KVCache(tiny_loaded.model)
+    cache = KVCache(tiny_loaded.model.config)
     assert cache.length == 0 and cache.nbytes == 0
     llm = LLM(tiny_loaded)
     llm.core.verifier.forward(cache, PROMPT, 1)
@@ -148,7 +148,7 @@ def test_trimmed_cache_gives_same_logits_as_fresh(tiny_loaded):
     import torch
 
     llm = LLM(tiny_loaded)
-    a, b = KVCache(tiny_loaded.model), KVCache(tiny_loaded.model)
+    a, b = KVCache(tiny_loaded.model.config), KVCache(tiny_loaded.model.config)
     llm.core.verifier.forward(a, PROMPT + [5, 6, 7], 1)
     a.trim(3)
     llm.core.verifier.forward(b, PROMPT, 1)

@@ -13,7 +13,9 @@ from kv_cache_proposer.draft_model import DraftModelProposer
 from kv_cache_proposer.ngram import NgramProposer
 from kv_cache_proposer.suffix import SuffixProposer
 
+from ..cache.session_store import SessionStore, common_prefix
 from ..config import EngineConfig
+from ..errors import InvalidRequest
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback, TokenLogprob
 from .acceptance import Acceptance, accept_greedy, accept_sampled
 from .calibration import cost_curve
@@ -34,7 +36,8 @@ class EngineCore:
     ):
         self.config = config
         self.eos_ids = frozenset(eos_ids)
-        self.verifier = Verifier(model)
+        self.verifier = Verifier(model, config.max_batch)
+        self.sessions = SessionStore(config.session_cache_bytes, config.session_ttl, config.max_sessions)
         self.scheduler = Scheduler(config.max_running, config.max_waiting)
         suffix = SuffixProposer(config.suffix_cache_tokens)
         self.proposers: dict[str, Proposer] = {
@@ -54,19 +57,49 @@ class EngineCore:
 
     def add_request(
         self,
-        prompt_ids: Sequence[int],
+        prompt_ids: Optional[Sequence[int]],
         sampling: SamplingParams,
         spec: Optional[SpeculativeParams] = None,
         on_token: Optional[TokenCallback] = None,
         request_id: Optional[str] = None,
+        session_id: Optional[str] = None,
     ) -> Request:
+        """Queue a request. With a session, prompt_ids=None continues the session's own history
+        (gRPC); a full prompt (HTTP) replaces it, reusing the KV of the prefix they share."""
         spec = spec or self.config.speculative
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if prompt_ids is None:
+            if session is None or not session.history:
+                raise InvalidRequest("the session has no tokens yet; append tokens before generating", "session_id")
+            prompt_ids = session.history
         validate(prompt_ids, sampling, spec, self)
         stop = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else self.eos_ids)
+        if session is not None:
+            stop |= frozenset(session.eos_ids)
         req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token)
         req.generator = make_generator(sampling.seed, self.verifier.device)
-        self.scheduler.add(req)
+        self.scheduler.add(req)  # may refuse (Overloaded) before anything is checked out
+        self._attach_cache(req, session_id)
         return req
+
+    def _attach_cache(self, req: Request, session_id: Optional[str]) -> None:
+        """Give the request the KV of the longest prefix it shares with its session or the prefix cache."""
+        if session_id is not None:
+            try:
+                req.session = self.sessions.check_out(session_id)
+            except BaseException:
+                self.scheduler.remove(req)
+                raise
+            cache, shared = req.session.cache, common_prefix(req.session.history, req.prompt_ids)
+            req.session.cache = None
+        elif self.config.prefix_cache:
+            cache, shared = self.sessions.take_prefix(req.prompt_ids)
+        else:
+            cache, shared = None, 0
+        if cache is not None:
+            keep = min(cache.length, shared, len(req.prompt_ids) - 1)  # the last prompt token is always fed
+            cache.trim(cache.length - keep)
+            req.cache, req.cached_tokens = cache, keep
 
     def abort(self, request_id: str) -> bool:
         req = self.scheduler.find(request_id)
@@ -83,9 +116,12 @@ class EngineCore:
     def step(self) -> StepStats:
         batch = self.scheduler.schedule()
         drafts = self.propose(batch)
+        before = self.verifier.forwards
         logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
         outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]
-        return self.update(batch, drafts, outcomes, logits)
+        stats = self.update(batch, drafts, outcomes, logits)
+        stats.forwards = self.verifier.forwards - before
+        return stats
 
     # -- the parts of a step -------------------------------------------------
 
@@ -191,6 +227,10 @@ class EngineCore:
         if self._controller is not None:
             self._controller.release(req.request_id)
         self.suffix.add_sequence(req.token_ids)  # later requests may repeat this one
+        if req.session is not None:
+            self.sessions.check_in(req.session, req.token_ids, req.cache, req.stats)
+        elif self.config.prefix_cache:
+            self.sessions.put_prefix(req.token_ids, req.cache)
         req.cache = None
 
 

@@ -29,13 +29,14 @@ class LLM:
 
     def generate(
         self,
-        prompt_ids: Sequence[int],
+        prompt_ids: Optional[Sequence[int]],
         sampling: SamplingParams = SamplingParams(),
         spec: Optional[SpeculativeParams] = None,
         on_token: Optional[TokenCallback] = None,
+        session_id: Optional[str] = None,
     ) -> EngineResult:
         """Run one request to completion (other queued requests advance alongside it)."""
-        req = self.core.add_request(prompt_ids, sampling, spec, on_token)
+        req = self.core.add_request(prompt_ids, sampling, spec, on_token, session_id=session_id)
         while not req.finished:
             self.core.step()
         return self.result(req)
@@ -45,7 +46,7 @@ class LLM:
             token_ids=list(req.output_ids),
             text=decode(self.tokenizer, req.output_ids),
             finish_reason=req.finish_reason,
-            usage=Usage(len(req.prompt_ids), len(req.output_ids)),
+            usage=Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens),
             spec=req.stats,
             logprobs=list(req.logprobs) if req.sampling.logprobs is not None else None,
         )

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from ..cache.kv_cache import KVCache
+from ..cache.session_store import Session
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback, TokenLogprob
 
 
@@ -24,6 +25,8 @@ class Request:
     finish_reason: Optional[FinishReason] = None
     stats: SpecStats = field(default_factory=SpecStats)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # filled when sampling.logprobs is set
+    session: Optional[Session] = None  # checked out for this request, checked in when it ends
+    cached_tokens: int = 0  # prompt tokens whose KV came from a session or the prefix cache
 
     @property
     def token_ids(self) -> list[int]:

@@ -1,0 +1,210 @@
+"""Sessions and the automatic prefix cache: token histories with their KV caches, LRU by bytes.
+
+A session owns its token history and its KV cache; no two sessions (or requests) ever share
+a cache object. While a request runs, the session is checked out (busy) and the cache belongs
+to the request; check_in gives both back. Anonymous prefix entries hold the caches of finished
+stateless requests, so a later request with the same prefix prefills only what is new.
+
+Invariants (tests/test_session_store.py):
+  INV-1 the cache holds exactly history[:cache.length], and after a generate
+        cache.length == len(history) - 1: the newest token is the next forward's input;
+        rejected drafts and tokens discarded after a stop are trimmed before check-in.
+  INV-2 the bytes of the caches held here never exceed max_bytes: check-in evicts least
+        recently used caches first (a session evicted by bytes keeps its history and
+        re-prefills next time; an evicted prefix entry disappears).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from ..errors import SessionBusy, SessionNotFound, TooManySessions
+from ..types import SpecStats
+from .kv_cache import KVCache
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    session_id: str
+    eos_ids: tuple[int, ...] = ()
+    label: str = ""
+    history: list[int] = field(default_factory=list)
+    cache: Optional[KVCache] = None
+    stats: SpecStats = field(default_factory=SpecStats)
+    last_used: float = 0.0
+    busy: bool = False
+    anonymous: bool = False  # a prefix-cache entry, not a client's session
+
+    @property
+    def kv_length(self) -> int:
+        return self.cache.length if self.cache is not None else 0
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.cache.nbytes if self.cache is not None else 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class SessionStore:
+    def __init__(
+        self,
+        max_bytes: int = 1 << 30,
+        ttl_seconds: float = 3600.0,
+        max_sessions: int = 256,
+        max_prefix_entries: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_bytes, self.ttl, self.max_sessions = max_bytes, ttl_seconds, max_sessions
+        self.max_prefix_entries = max_prefix_entries
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._entries: "OrderedDict[str, Session]" = OrderedDict()  # LRU order, oldest first
+        self._anon_ids = itertools.count()
+
+    # -- client sessions -------------------------------------------------------
+
+    def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None) -> Session:
+        with self._lock:
+            self.expire()
+            if self.num_sessions >= self.max_sessions:
+                raise TooManySessions(f"session capacity reached ({self.max_sessions}); close a session or retry later")
+            sid = session_id or f"sess-{uuid.uuid4().hex[:24]}"
+            s = Session(sid, tuple(eos_ids), label, last_used=self.clock())
+            self._entries[sid] = s
+            return s
+
+    def get(self, session_id: str) -> Session:
+        with self._lock:
+            self.expire()
+            s = self._entries.get(session_id)
+            if s is None or s.anonymous:
+                raise SessionNotFound(f"session {session_id!r} does not exist (closed, expired or never created)", "session_id")
+            return s
+
+    def get_or_create(self, session_id: str) -> Session:
+        """HTTP sessions are named by the client: the first request with a new id creates it."""
+        with self._lock:
+            try:
+                return self.get(session_id)
+            except SessionNotFound:
+                return self.create(session_id=session_id)
+
+    def append(self, session_id: str, token_ids: Sequence[int]) -> int:
+        with self._lock:
+            s = self.get(session_id)
+            if s.busy:
+                raise SessionBusy(f"session {session_id!r} is generating; append after it finishes", "session_id")
+            s.history.extend(token_ids)
+            s.last_used = self.clock()
+            return len(s.history)
+
+    def check_out(self, session_id: str) -> Session:
+        with self._lock:
+            s = self.get(session_id)
+            if s.busy:
+                raise SessionBusy(f"session {session_id!r} already has a generate in progress", "session_id")
+            s.busy = True
+            return s
+
+    def check_in(self, s: Session, history: Sequence[int], cache: Optional[KVCache], stats: Optional[SpecStats] = None) -> None:
+        """Give a session back after a request: its new history, its cache trimmed to that history (INV-1)."""
+        with self._lock:
+            s.history = list(history)
+            s.cache = _fit(cache, s.history)
+            s.busy = False
+            s.last_used = self.clock()
+            if stats is not None:
+                s.stats.add(stats)
+            if s.session_id in self._entries:
+                self._entries.move_to_end(s.session_id)
+                self._enforce_budget()
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            s = self.get(session_id)
+            if s.busy:
+                raise SessionBusy(f"session {session_id!r} is generating; cancel it first", "session_id")
+            del self._entries[session_id]
+
+    # -- automatic prefix cache --------------------------------------------------
+
+    def take_prefix(self, tokens: Sequence[int]) -> tuple[Optional[KVCache], int]:
+        """Remove and return the prefix entry sharing the longest prefix with `tokens`, and that length."""
+        with self._lock:
+            best, best_len = None, 0
+            for s in self._entries.values():
+                if s.anonymous:
+                    n = common_prefix(s.history, tokens)
+                    if n > best_len:
+                        best, best_len = s, n
+            if best is None:
+                return None, 0
+            del self._entries[best.session_id]
+            return best.cache, best_len
+
+    def put_prefix(self, tokens: Sequence[int], cache: Optional[KVCache]) -> None:
+        cache = _fit(cache, tokens)
+        if cache is None or cache.length == 0:
+            return
+        with self._lock:
+            sid = f"prefix-{next(self._anon_ids)}"
+            self._entries[sid] = Session(sid, history=list(tokens[: cache.length]), cache=cache,
+                                         last_used=self.clock(), anonymous=True)
+            anon = [k for k, e in self._entries.items() if e.anonymous]
+            for k in anon[: max(0, len(anon) - self.max_prefix_entries)]:
+                del self._entries[k]
+            self._enforce_budget()
+
+    # -- bounds ------------------------------------------------------------------
+
+    @property
+    def num_sessions(self) -> int:
+        return sum(not s.anonymous for s in self._entries.values())
+
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(s.kv_bytes for s in self._entries.values() if not s.busy)
+
+    def expire(self) -> list[str]:
+        """Remove sessions idle longer than the TTL (never a busy one)."""
+        with self._lock:
+            now = self.clock()
+            old = [k for k, s in self._entries.items() if not s.busy and now - s.last_used > self.ttl]
+            for k in old:
+                del self._entries[k]
+            return old
+
+    def _enforce_budget(self) -> None:
+        """INV-2: drop least recently used caches until the held bytes fit the budget."""
+        total = self.total_bytes
+        for k, s in list(self._entries.items()):
+            if total <= self.max_bytes:
+                return
+            if s.busy or s.cache is None:
+                continue
+            total -= s.kv_bytes
+            if s.anonymous:
+                del self._entries[k]
+            else:
+                s.cache = None  # the session survives; its next turn prefills again
+
+
+def _fit(cache: Optional[KVCache], history: Sequence[int]) -> Optional[KVCache]:
+    """Trim a cache to at most len(history) - 1 positions: the newest token is the next input."""
+    if cache is None:
+        return None
+    cache.trim(cache.length - max(0, len(history) - 1))
+    return cache
