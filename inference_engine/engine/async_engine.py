@@ -113,6 +113,7 @@ class AsyncEngine:
         sampling: SamplingParams,
         spec: Optional[SpeculativeParams] = None,
         request_id: Optional[str] = None,
+        session_id: Optional[str] = None,
     ) -> AsyncIterator[Union[Token, EngineResult]]:
         """Yields (token id, logprob or None) per generated token, then the EngineResult. Cancelling the consumer
         (client disconnect) aborts the request on the engine within one step."""
@@ -126,7 +127,7 @@ class AsyncEngine:
             return False
 
         def add() -> str:
-            req = self.core.add_request(prompt_ids, sampling, spec, on_token, request_id)
+            req = self.core.add_request(prompt_ids, sampling, spec, on_token, request_id, session_id)
             holder.append(_Stream(req, loop, q))
             self._streams[req.request_id] = holder[0]
             return req.request_id

@@ -12,13 +12,14 @@ from sse_starlette.sse import EventSourceResponse
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.validation import validate
-from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, Unauthenticated
+from ..cache.session_store import Session, SessionStore
+from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, SessionBusy, Unauthenticated
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
 from . import errors
 from .generation import ChoiceEnd, run_choice
-from .responses import Completion
+from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -102,17 +103,47 @@ def create_app(state: ServerState) -> FastAPI:
             enable_thinking=kwargs.get("enable_thinking"),
         )
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _complete(state, engine, body, prompt, max_tokens, chat=True)
+        return await _complete(state, engine, body, prompt, max_tokens, chat=True, session=_session(engine, body, request))
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         engine = state.ready()
         _check_model(engine, body.model)
         tok = engine.llm.tokenizer
         prompt = list(body.prompt) if isinstance(body.prompt, list) else tok(body.prompt, add_special_tokens=False)["input_ids"]
-        return await _complete(state, engine, body, prompt, body.max_tokens, chat=False)
+        return await _complete(state, engine, body, prompt, body.max_tokens, chat=False, session=_session(engine, body, request))
+
+    @app.get("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
+    async def get_session(session_id: str):
+        return session_info(state.ready().core.sessions.get(session_id), state.ready().core.sessions)
+
+    @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
+    async def delete_session(session_id: str):
+        state.ready().core.sessions.close(session_id)
+        return {"id": session_id, "object": "session.deleted", "deleted": True}
 
     return app
+
+
+def _session(engine: AsyncEngine, body, request: Request) -> Optional[str]:
+    """The session named by the body's `session_id` or the `X-Session-Id` header; created on first use."""
+    sid = body.session_id or request.headers.get("x-session-id")
+    if sid is None:
+        return None
+    if body.n != 1:
+        raise InvalidRequest("a session continues one conversation: n must be 1 with session_id", "n")
+    session = engine.core.sessions.get_or_create(sid)
+    if session.busy:  # refuse before any SSE header is sent
+        raise SessionBusy(f"session {sid!r} already has a generate in progress", "session_id")
+    return sid
+
+
+def session_info(s: Session, store: SessionStore) -> dict:
+    return {
+        "id": s.session_id, "object": "session", "history_length": len(s.history), "kv_cached_tokens": s.kv_length,
+        "kv_bytes": s.kv_bytes, "idle_seconds": round(store.clock() - s.last_used, 3), "busy": s.busy,
+        "speculative": spec_dict(s.stats),
+    }
 
 
 def _model_card(engine: AsyncEngine) -> dict:
@@ -136,6 +167,7 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -148,7 +180,8 @@ def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
                              default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
 
 
-async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, chat: bool):
+async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, chat: bool,
+                    session: Optional[str] = None):
     if not prompt:
         raise InvalidRequest("prompt is empty: at least one prompt token is required", "messages" if chat else "prompt")
     if not chat and isinstance(body.prompt, str) and max_tokens is None:
@@ -164,8 +197,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     tools = chat and bool(body.tools) and body.tool_choice != "none"
     out = Completion(chat, engine.llm.info.name, len(prompt), body.n, engine.llm.tokenizer, tools,
-                     body.num_logprobs is not None)
-    streams = [run_choice(engine, prompt, p, spec, body.stop_list) for p in params]
+                     body.num_logprobs is not None, body.return_token_ids)
+    streams = [run_choice(engine, prompt, p, spec, body.stop_list, session) for p in params]
 
     def record(ends: list[ChoiceEnd], status: int = 200) -> None:
         firsts = [e.first_token_at for e in ends if e.first_token_at]

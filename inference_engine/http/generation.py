@@ -24,6 +24,8 @@ class ChoiceEnd:
     spec: SpecStats = field(default_factory=SpecStats)
     first_token_at: Optional[float] = None
     token_gaps: list[float] = field(default_factory=list)  # seconds between consecutive tokens
+    cached_tokens: int = 0  # prompt tokens whose KV was reused (session or prefix cache)
+    token_ids: list[int] = field(default_factory=list)  # generated ids (a stop string may end mid-token)
 
 
 Piece = Union[Delta, ChoiceEnd]
@@ -35,22 +37,23 @@ async def run_choice(
     sampling: SamplingParams,
     spec: Optional[SpeculativeParams],
     stops: Sequence[str],
+    session_id: Optional[str] = None,
 ) -> AsyncIterator[Piece]:
     """Yields Deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
     no part of it is ever yielded."""
     detok, matcher = StreamingDetokenizer(engine.llm.tokenizer), StopMatcher(stops)
-    count, first, last, pending, gaps = 0, None, 0.0, [], []
-    gen = engine.generate(prompt_ids, sampling, spec)
+    ids, first, last, pending, gaps = [], None, 0.0, [], []
+    gen = engine.generate(prompt_ids, sampling, spec, session_id=session_id)
     try:
         async for item in gen:
             if isinstance(item, EngineResult):
                 tail = matcher.push(detok.flush()) + matcher.flush()
                 if tail or pending:
                     yield Delta(tail, pending)
-                yield ChoiceEnd(item.finish_reason.value, count, item.spec, first, gaps)
+                yield ChoiceEnd(item.finish_reason.value, len(ids), item.spec, first, gaps, item.usage.cached_tokens, ids)
                 return
             token, logprob = item
-            count += 1
+            ids.append(token)
             now = time.perf_counter()
             if first is None:
                 first = now
@@ -64,7 +67,7 @@ async def run_choice(
                 yield Delta(text, pending)
                 pending = []
             if matcher.stopped:
-                yield ChoiceEnd("stop", count, SpecStats(), first, gaps)
+                yield ChoiceEnd("stop", len(ids), SpecStats(), first, gaps, token_ids=ids)
                 return
     finally:
         await gen.aclose()  # aborts the engine request if it is still running

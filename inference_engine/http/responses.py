@@ -15,6 +15,15 @@ from .generation import ChoiceEnd, Delta, Piece, merge_choices
 from .parsers import OutputParser, Parsed
 
 
+def spec_dict(spec: SpecStats) -> dict:
+    return {
+        "drafts": spec.drafts, "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
+        "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
+        "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
+        "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
+    }
+
+
 def usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
     spec = SpecStats()
     for e in ends:
@@ -22,18 +31,16 @@ def usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
     completion = sum(e.completion_tokens for e in ends)
     return {
         "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
-        "speculative": {
-            "drafts": spec.drafts, "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
-            "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
-            "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
-            "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
-        },
+        "prompt_tokens_details": {"cached_tokens": max((e.cached_tokens for e in ends), default=0)},
+        "speculative": spec_dict(spec),
     }
 
 
 class Completion:
-    def __init__(self, chat: bool, model: str, prompt_len: int, n: int, tokenizer, tools: bool, want_logprobs: bool):
+    def __init__(self, chat: bool, model: str, prompt_len: int, n: int, tokenizer, tools: bool, want_logprobs: bool,
+                 return_token_ids: bool = False):
         self.chat, self.model, self.prompt_len, self.n = chat, model, prompt_len, n
+        self.return_token_ids = return_token_ids
         self.tokenizer, self.want_logprobs = tokenizer, want_logprobs
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -74,6 +81,9 @@ class Completion:
                 lps[i].extend(piece.logprobs)
         done = [e for e in ends if e is not None]
         choices = [self._choice(i, texts[i], lps[i], ends[i], echo) for i in range(self.n)]
+        if self.return_token_ids:
+            for c, e in zip(choices, ends):
+                c["token_ids"] = e.token_ids
         obj = "chat.completion" if self.chat else "text_completion"
         body = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
                 "usage": usage(self.prompt_len, done)}

@@ -60,6 +60,9 @@ class _SamplingFields(_Lenient):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = None
+    session_id: Optional[str] = Field(default=None, min_length=1, max_length=128)  # extension: keep KV between turns
+    return_token_ids: bool = False  # extension (as vLLM): each choice carries its generated token ids
+    ignore_eos: bool = False        # extension (as vLLM): generate max_tokens whatever the model says
 
     @property
     def stop_list(self) -> list[str]:

@@ -1,0 +1,105 @@
+"""Sessions and the prefix cache over HTTP: real uvicorn, the openai client, raw httpx."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from http_server import LiveServer
+from inference_engine.config import EngineConfig, ServerConfig
+from inference_engine.engine.async_engine import AsyncEngine
+from inference_engine.engine.llm import LLM
+from inference_engine.http.app import ServerState, create_app
+
+TURN = [151644, 872, 198, 3838, 911, 264, 1008, 30, 151645, 198, 151644, 77091, 198]
+
+
+@pytest.fixture(scope="module")
+def live(tiny_loaded):
+    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+        yield server.url, engine
+    engine.shutdown()
+
+
+def _complete(url, prompt, session=None, header=False, **kw):
+    body = {"prompt": prompt, "max_tokens": 6, "temperature": 0, "return_token_ids": True, **kw}
+    headers = {}
+    if session and header:
+        headers["X-Session-Id"] = session
+    elif session:
+        body["session_id"] = session
+    r = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["body", "header"])
+def test_twenty_turns_prefill_only_new_tokens(live, header):
+    url, _ = live
+    history: list[int] = []
+    for turn in range(20):
+        prompt = history + TURN
+        r = _complete(url, prompt, "conv-%s" % header, header)
+        cached = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+        # turn N feeds the new turn plus the last generated token of turn N-1, nothing more
+        assert r["usage"]["prompt_tokens"] - cached == (len(TURN) if turn == 0 else len(TURN) + 1)
+        history = prompt + r["choices"][0]["token_ids"]
+    info = httpx.get(url + "/v1/sessions/conv-%s" % header).json()
+    assert info["history_length"] == len(history) and info["kv_cached_tokens"] == len(history) - 1
+    assert info["kv_bytes"] > 0 and info["idle_seconds"] >= 0 and info["busy"] is False
+    assert info["speculative"]["verify_steps"] >= 20
+
+
+def test_stateless_requests_reuse_a_cached_prefix(live):
+    url, _ = live
+    first = _complete(url, TURN * 3)
+    second = _complete(url, TURN * 3 + first["choices"][0]["token_ids"] + TURN)
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= len(TURN) * 3 - 1
+
+
+def test_session_chat_with_openai_client(live):
+    url, _ = live
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Hello there, how are you?"}]
+    r1 = client.chat.completions.create(model=_model(url), messages=messages,
+                                        max_tokens=5, temperature=0, extra_body={"session_id": "chat-1"})
+    messages += [{"role": "assistant", "content": r1.choices[0].message.content}, {"role": "user", "content": "And then?"}]
+    r2 = client.chat.completions.create(model=_model(url), messages=messages, max_tokens=5, temperature=0,
+                                        extra_headers={"X-Session-Id": "chat-1"})
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 1
+
+
+def _model(url):
+    return httpx.get(url + "/v1/models").json()["data"][0]["id"]
+
+
+def test_session_errors(live):
+    url, _ = live
+    r = httpx.get(url + "/v1/sessions/never-made")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    r = httpx.delete(url + "/v1/sessions/never-made")
+    assert r.status_code == 404
+    r = httpx.post(url + "/v1/completions", json={"prompt": TURN, "n": 2, "session_id": "s-n"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    _complete(url, TURN, "s-del")
+    assert httpx.delete(url + "/v1/sessions/s-del").json()["deleted"] is True
+    assert httpx.get(url + "/v1/sessions/s-del").status_code == 404
+
+
+def test_busy_session_is_409_and_server_keeps_serving(live):
+    url, engine = live
+    body = {"prompt": TURN, "max_tokens": 20000, "temperature": 0, "stream": True, "session_id": "busy-1",
+            "ignore_eos": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as stream:
+        next(stream.iter_lines())  # the first event: the request is running
+        r = httpx.post(url + "/v1/completions", json={"prompt": TURN, "session_id": "busy-1", "max_tokens": 4})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "session_busy"
+    # closing the stream aborted the request and returned the session
+    for _ in range(100):
+        if not httpx.get(url + "/v1/sessions/busy-1").json()["busy"]:
+            break
+        time.sleep(0.05)
+    assert _complete(url, TURN, "busy-1")["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
