@@ -89,17 +89,27 @@ def test_session_errors(live):
     assert httpx.get(url + "/v1/sessions/s-del").status_code == 404
 
 
-def test_busy_session_is_409_and_server_keeps_serving(live):
-    url, engine = live
-    body = {"prompt": TURN, "max_tokens": 20000, "temperature": 0, "stream": True, "session_id": "busy-1",
-            "ignore_eos": True}
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as stream:
-        next(stream.iter_lines())  # the first event: the request is running
-        r = httpx.post(url + "/v1/completions", json={"prompt": TURN, "session_id": "busy-1", "max_tokens": 4})
-        assert r.status_code == 409 and r.json()["error"]["code"] == "session_busy"
-    # closing the stream aborted the request and returned the session
-    for _ in range(100):
-        if not httpx.get(url + "/v1/sessions/busy-1").json()["busy"]:
-            break
-        time.sleep(0.05)
-    assert _complete(url, TURN, "busy-1")["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+@pytest.mark.real_model
+def test_busy_session_is_409_and_server_keeps_serving(smol_loaded):
+    """SmolLM2 decodes ~15 tokens/s here, so a 500-token stream is surely still running while we probe."""
+    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+        url, prompt = server.url, [1, 9690, 198, 28120, 905, 30]
+        body = {"prompt": prompt, "max_tokens": 500, "temperature": 0, "stream": True, "session_id": "busy-1",
+                "ignore_eos": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as stream:
+            lines = stream.iter_lines()
+            next(lines)  # the first event: the request is running
+            assert httpx.get(url + "/v1/sessions/busy-1").json()["busy"] is True
+            r = httpx.post(url + "/v1/completions", json={"prompt": prompt, "session_id": "busy-1", "max_tokens": 4})
+            assert r.status_code == 409 and r.json()["error"]["code"] == "session_busy"
+        # closing the stream aborted the request and returned the session, with what was generated
+        for _ in range(200):
+            if not httpx.get(url + "/v1/sessions/busy-1").json()["busy"]:
+                break
+            time.sleep(0.05)
+        info = httpx.get(url + "/v1/sessions/busy-1").json()
+        assert info["busy"] is False and len(prompt) < info["history_length"] < len(prompt) + 500
+        r = _complete(url, prompt + [28120], "busy-1")
+        assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == len(prompt)
+    engine.shutdown()
