@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
     serve.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
     serve.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
+    serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")),
+                       help="kakeya.v1 RuntimeService port on --host (0 disables gRPC)")
+    serve.add_argument("--session-cache-bytes", type=int, default=int(_env("SESSION_CACHE_BYTES", str(1 << 30))),
+                       help="KV bytes kept for sessions and the prefix cache (LRU beyond)")
+    serve.add_argument("--session-ttl", type=float, default=float(_env("SESSION_TTL", "3600")),
+                       help="seconds an idle session is kept")
+    serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
     _model_args(serve)
     return parser
 
@@ -72,12 +79,16 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens),
         suffix_cache_tokens=args.suffix_cache_tokens,
         calibration_file=str(cache / "calibration.json"),
+        max_batch=getattr(args, "max_running", 8),
+        session_cache_bytes=getattr(args, "session_cache_bytes", 1 << 30),
+        session_ttl=getattr(args, "session_ttl", 3600.0),
+        max_sessions=getattr(args, "max_sessions", 256),
     )
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     keys = list(args.api_key or []) + [k.strip() for k in (_env("API_KEYS") or "").split(",") if k.strip()]
-    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys))
+    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys), grpc_port=args.grpc_port)
 
 
 def build_llm(args: argparse.Namespace):
@@ -90,6 +101,7 @@ def build_llm(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
     import threading
 
     import uvicorn
@@ -97,16 +109,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .engine.async_engine import AsyncEngine
     from .http.app import ServerState, create_app
 
-    state = ServerState(server_config(args))
+    config = server_config(args)
+    state = ServerState(config)
 
-    def load() -> None:  # the server answers /healthz with 503 until this finishes
-        state.attach(AsyncEngine(build_llm(args)))
-        info = state.engine.llm.info
-        print(f"[kakeya] serving {info.name} on {info.device} ({info.dtype}) at http://{args.host}:{args.port}/v1",
-              file=sys.stderr)
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        grpc_server = None
+        if config.grpc_port:
+            from .rpc.server import RuntimeServer
 
-    threading.Thread(target=load, name="kakeya-load", daemon=True).start()
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
+            grpc_server = RuntimeServer(state.ready, config.api_keys)
+            await grpc_server.start(f"{config.host}:{config.grpc_port}")
+
+        def load() -> None:  # both edges answer "unavailable" until this finishes
+            state.attach(AsyncEngine(build_llm(args)))
+            if grpc_server is not None:
+                asyncio.run_coroutine_threadsafe(grpc_server.refresh_health(), loop)
+            info = state.engine.llm.info
+            grpc_note = f" and grpc {config.host}:{config.grpc_port}" if grpc_server else ""
+            print(f"[kakeya] serving {info.name} on {info.device} ({info.dtype}) at "
+                  f"http://{config.host}:{config.port}/v1{grpc_note}", file=sys.stderr)
+
+        threading.Thread(target=load, name="kakeya-load", daemon=True).start()
+        try:
+            await uvicorn.Server(uvicorn.Config(create_app(state), host=config.host, port=config.port, log_level="info")).serve()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
+
+    asyncio.run(main())
     return 0
 
 

