@@ -14,7 +14,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, running: Callable[[], int], waiting: Callable[[], int]):
+    def __init__(self, running: Callable[[], int], waiting: Callable[[], int],
+                 sessions: Callable[[], int] = lambda: 0, cache_bytes: Callable[[], int] = lambda: 0):
         self.registry = r = CollectorRegistry()  # one per app: no global state between servers/tests
         self.requests = Counter("kakeya_requests", "Finished HTTP requests", ["endpoint", "status", "finish_reason"], registry=r)
         self.prompt_tokens = Counter("kakeya_prompt_tokens", "Prompt tokens processed", registry=r)
@@ -24,6 +25,9 @@ class Metrics:
         self.e2e = Histogram("kakeya_e2e_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r)
         Gauge("kakeya_num_requests_running", "Requests decoding now", registry=r).set_function(running)
         Gauge("kakeya_num_requests_waiting", "Requests queued", registry=r).set_function(waiting)
+        Gauge("kakeya_num_sessions", "Open client sessions", registry=r).set_function(sessions)
+        Gauge("kakeya_session_cache_bytes", "KV bytes held by sessions and the prefix cache", registry=r).set_function(cache_bytes)
+        self.forwards = Counter("kakeya_model_forwards", "Verifier model calls (decoding requests share one)", registry=r)
         self.drafts = Counter("kakeya_spec_decode_num_drafts", "Verify steps that carried drafts", registry=r)
         self.draft_tokens = Counter("kakeya_spec_decode_num_draft_tokens", "Draft tokens proposed", registry=r)
         self.accepted = Counter("kakeya_spec_decode_num_accepted_tokens", "Draft tokens accepted", registry=r)
@@ -38,6 +42,7 @@ class Metrics:
         self.draft_tokens.inc(s.draft_tokens)
         self.accepted.inc(s.accepted_tokens)
         self.verify_steps.inc(s.verify_steps)
+        self.forwards.inc(stats.forwards)
         for pos, n in enumerate(s.accepted_per_pos):
             self.accepted_per_pos.labels(position=str(pos)).inc(n)
 

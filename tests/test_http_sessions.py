@@ -47,6 +47,10 @@ def test_twenty_turns_prefill_only_new_tokens(live, header):
         # turn N feeds the new turn plus the last generated token of turn N-1, nothing more
         assert r["usage"]["prompt_tokens"] - cached == (len(TURN) if turn == 0 else len(TURN) + 1)
         history = prompt + r["choices"][0]["token_ids"]
+    metrics = {l.split(" ")[0]: float(l.split(" ")[1]) for l in httpx.get(url + "/metrics").text.splitlines()
+               if l.startswith(("kakeya_num_sessions ", "kakeya_session_cache_bytes ", "kakeya_model_forwards_total "))}
+    assert metrics["kakeya_num_sessions"] >= 1 and metrics["kakeya_session_cache_bytes"] > 0
+    assert metrics["kakeya_model_forwards_total"] >= 20
     info = httpx.get(url + "/v1/sessions/conv-%s" % header).json()
     assert info["history_length"] == len(history) and info["kv_cached_tokens"] == len(history) - 1
     assert info["kv_bytes"] > 0 and info["idle_seconds"] >= 0 and info["busy"] is False

@@ -34,7 +34,9 @@ class ServerState:
             self.attach(engine)
 
     def attach(self, engine: AsyncEngine) -> None:
-        self.metrics = Metrics(lambda: engine.num_running, lambda: engine.num_waiting)
+        store = engine.core.sessions
+        self.metrics = Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
+                               lambda: store.num_sessions, lambda: store.total_bytes)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
