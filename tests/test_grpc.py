@@ -183,3 +183,21 @@ def test_api_keys_unauthenticated(tiny_loaded):
         health = health_pb2_grpc.HealthStub(channel)  # health stays public
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
     engine.shutdown()
+
+
+@pytest.mark.real_model
+def test_generate_never_blocks_the_event_loop(smol_loaded):
+    """While SmolLM2 generates (~15 tokens/s here) on one session, other RPCs on the same server
+    answer at once: forward passes run on the engine thread, not on the gRPC event loop."""
+    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
+    with LiveGrpc(engine) as live, grpc.insecure_channel(live.target) as channel:
+        stub = pb_grpc.RuntimeServiceStub(channel)
+        busy = _session(stub, tokens=[1, 9690, 198, 28120, 905, 30])
+        other = _session(stub, tokens=[1])
+        call = stub.Generate(pb.GenerateRequest(session_id=busy, max_tokens=300))
+        next(call)
+        for _ in range(5):  # each answered while the generate is still streaming
+            assert stub.GetSessionInfo(pb.GetSessionInfoRequest(session_id=other), timeout=5).history_length == 1
+            assert stub.GetSessionInfo(pb.GetSessionInfoRequest(session_id=busy), timeout=5).busy
+        call.cancel()
+    engine.shutdown()

@@ -35,18 +35,22 @@ def _here(code: str, live: LiveServer) -> str:
 
 @pytest.mark.real_model
 def test_readme_has_the_examples():
-    assert len(CURLS) == 3 and len(PYTHON) == 1
+    assert len(CURLS) == 4 and len(PYTHON) == 1
     assert "bash scripts/serve.sh" in README and "bash scripts/test.sh" in README
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_readme_curl_examples(server, index):
     out = subprocess.run(["bash", "-c", _here(CURLS[index], server)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     if '"stream": true' in CURLS[index]:
         events = [line[6:] for line in out.stdout.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and json.loads(events[-2])["usage"]["completion_tokens"] > 0
+    elif "X-Session-Id" in CURLS[index]:
+        reply, _, info = out.stdout.partition("}{")
+        assert "Paris" in json.loads(reply + "}")["choices"][0]["message"]["content"]
+        assert json.loads("{" + info)["kv_cached_tokens"] > 0
     elif "/v1/models" in CURLS[index]:
         assert json.loads(out.stdout)["data"][0]["id"] == "SmolLM2-135M-Instruct"
     else:

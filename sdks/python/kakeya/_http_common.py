@@ -62,7 +62,8 @@ def chat_body(messages: Sequence[MessageLike], stream: bool, fields: dict[str, A
     return body
 
 
-def completion_body(prompt: Union[str, Sequence[int]], return_token_ids: bool, fields: dict[str, Any]) -> dict[str, Any]:
+def completion_body(prompt: Union[str, Sequence[int]], return_token_ids: bool,
+                    fields: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {"prompt": prompt if isinstance(prompt, str) else [int(t) for t in prompt], **fields}
     if return_token_ids:
         body["return_token_ids"] = True

@@ -54,7 +54,8 @@ class Client:
         fields = common.sampling_fields(model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                         top_k=top_k, seed=seed, stop=stop, session_id=session_id,
                                         speculative=speculative, **extra)
-        return ChatResult.from_dict(self._request("POST", "/v1/chat/completions", common.chat_body(messages, False, fields)))
+        body = common.chat_body(messages, False, fields)
+        return ChatResult.from_dict(self._request("POST", "/v1/chat/completions", body))
 
     def chat_stream(self, messages: Sequence[MessageLike], *, model: Optional[str] = None,
                     max_tokens: Optional[int] = None, temperature: Optional[float] = None,
