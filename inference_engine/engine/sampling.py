@@ -17,7 +17,7 @@ def make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.
     if seed is None:
         return None
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
+    gen.manual_seed(seed % (1 << 63))  # any integer is a valid seed (OpenAI accepts negative and huge ones)
     return gen
 
 
