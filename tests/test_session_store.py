@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference_engine.cache.session_store import SessionStore
+from inference_engine.cache.session_store import SessionStore, common_prefix
 from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import InvalidRequest, SessionBusy, SessionNotFound, TooManySessions
@@ -192,3 +192,16 @@ def test_abort_returns_the_session(tiny_llm):
     s = store.get(sid)
     assert not s.busy and s.history == TURN1 + req.output_ids and len(req.output_ids) >= 1
     _inv1(tiny_llm, sid)
+
+
+def test_prefix_cache_copies_a_partly_shared_entry(tiny_llm):
+    """A request sharing only part of a cached prompt copies that part; the entry stays for the next."""
+    store = tiny_llm.core.sessions
+    tiny_llm.generate(TURN1 + TURN2, GREEDY)
+    before = [(s.history, s.kv_length) for s in store._entries.values() if s.anonymous]
+    branch = tiny_llm.generate(TURN1 + TURN1, GREEDY)
+    assert branch.usage.cached_tokens == common_prefix(TURN1 + TURN2, TURN1 + TURN1) == len(TURN1) + 3
+    after = [(s.history, s.kv_length) for s in store._entries.values() if s.anonymous]
+    assert before[0] in after and len(after) == 2  # the original entry is intact, the branch added
+    again = tiny_llm.generate(TURN1 + TURN2, GREEDY)  # the same prompt again: all but its last token cached
+    assert again.usage.cached_tokens == len(TURN1 + TURN2) - 1

@@ -34,6 +34,10 @@ class KVCache:
             self.hf.crop(-n)
         return n
 
+    def clone_prefix(self, n: int) -> "KVCache":
+        """A new cache holding copies of the first `n` positions (this one is left as it is)."""
+        return KVCache(self.config, [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in self.layers()])
+
     def layers(self) -> list[KV]:
         return [(layer.keys, layer.values) for layer in self.hf.layers]
 

@@ -141,7 +141,9 @@ class SessionStore:
     # -- automatic prefix cache --------------------------------------------------
 
     def take_prefix(self, tokens: Sequence[int]) -> tuple[Optional[KVCache], int]:
-        """Remove and return the prefix entry sharing the longest prefix with `tokens`, and that length."""
+        """A cache for the longest prefix an entry shares with `tokens`, and that length. When the
+        whole entry is a prefix of `tokens` (the next turn of a conversation) the entry is moved
+        out; when they diverge part-way, the shared part is copied and the entry stays for others."""
         with self._lock:
             best, best_len = None, 0
             for s in self._entries.values():
@@ -151,6 +153,9 @@ class SessionStore:
                         best, best_len = s, n
             if best is None:
                 return None, 0
+            if best_len < best.kv_length:
+                self._entries.move_to_end(best.session_id)
+                return best.cache.clone_prefix(best_len), best_len
             del self._entries[best.session_id]
             return best.cache, best_len
 
