@@ -22,6 +22,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_env("MODEL"), help="HF id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=_env("DEVICE", "auto"), choices=["auto", "cpu", "mps", "cuda"])
     p.add_argument("--dtype", default=_env("DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quantization", default=_env("QUANTIZATION", "none"), choices=["none", "int8", "int4"],
+                   help="weight-only quantization on CPU (torch packed kernels); activations keep --dtype")
     p.add_argument("--cache-dir", default=_env("CACHE_DIR"), help="where GGUF conversions are cached")
     p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "auto"),
                    choices=["auto", "none", "ngram", "suffix", "draft"],
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    return ModelConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
+                       quantization=args.quantization)
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:

@@ -13,6 +13,7 @@ class ModelConfig:
     device: str = "auto"         # auto | cpu | mps | cuda
     dtype: str = "auto"          # auto | float32 | bfloat16 | float16
     cache_dir: Optional[str] = None  # GGUF→safetensors conversions; None = user cache dir
+    quantization: str = "none"       # none | int8 | int4: weight-only, CPU packed kernels
 
 
 @dataclass(frozen=True, slots=True)

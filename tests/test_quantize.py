@@ -1,0 +1,90 @@
+"""Weight-only int8/int4 on torch's packed CPU kernels: the quantized layers against what they claim,
+and the quantized model through the engine against the same quantized model run eagerly by HF."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from inference_engine.config import EngineConfig, ModelConfig
+from inference_engine.engine.llm import LLM
+from inference_engine.models import LoadedModel, load_model
+from inference_engine.models.quantize import Int4Linear, Int8Linear, effective_weight, quantize
+from inference_engine.tokenizer import apply_chat_template
+from inference_engine.types import SamplingParams, SpeculativeParams
+
+PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
+
+
+def _rounding(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What reading the weight back through a kernel of `dtype` may add: one ulp of the value."""
+    return w.abs() * (2.0**-7 if dtype == torch.bfloat16 else 2.0**-20) + 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_layer(dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 160, bias=True).to(dtype)
+    q = Int8Linear(lin)
+    w = effective_weight(q).float()
+    step = lin.weight.float().abs().amax(dim=1, keepdim=True) / 127  # one quantization step per row
+    assert ((w - lin.weight.float()).abs() <= step / 2 * 1.001 + _rounding(w, dtype)).all()
+    x = torch.randn(5, 96, dtype=dtype)
+    ref = x.float() @ w.T + lin.bias.float()
+    assert torch.allclose(q(x).float(), ref, atol=1e-4 if dtype == torch.float32 else 0.05)
+    assert q.weight.dtype == torch.int8 and q.weight.numel() == lin.weight.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_layer(dtype):
+    torch.manual_seed(1)
+    lin = nn.Linear(128, 64, bias=False).to(dtype)
+    q = Int4Linear(lin, group_size=32)
+    w = effective_weight(q).float()
+    groups = lin.weight.float().reshape(64, 4, 32)
+    step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15
+    err = (w.reshape(64, 4, 32) - groups).abs()
+    assert (err <= step / 2 * 1.001 + _rounding(w, dtype).reshape(64, 4, 32)).all()
+    x = torch.randn(3, 2, 128, dtype=dtype)
+    ref = x.float() @ w.T
+    assert torch.allclose(q(x).float(), ref, atol=1e-4 if dtype == torch.float32 else 0.05)
+    assert q.weight.numel() * q.weight.element_size() == lin.weight.numel() // 2  # 4 bits per weight
+
+
+def test_quantize_replaces_every_linear_and_rejects_unknown(tiny_loaded):
+    model = copy.deepcopy(tiny_loaded.model)
+    n = quantize(model, "int8")
+    assert n == sum(1 for m in tiny_loaded.model.modules() if isinstance(m, nn.Linear)) and n > 0
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    with pytest.raises(ValueError, match="int8, int4"):
+        quantize(model, "int3")
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantized_engine_equals_quantized_hf_reference(tiny_loaded, method):
+    """Our engine on the quantized model == HF eager generate on the same quantized model, greedy,
+    and speculation on top of it changes nothing."""
+    model = copy.deepcopy(tiny_loaded.model)
+    quantize(model, method)
+    llm = LLM(LoadedModel(model, tiny_loaded.tokenizer, tiny_loaded.info), EngineConfig(prefix_cache=False))
+    sp = SamplingParams(max_tokens=24, ignore_eos=True)
+    ours = llm.generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids
+    with torch.inference_mode():
+        ids = torch.tensor([PROMPT])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, len(PROMPT):].tolist()
+    assert ours == ref
+    assert llm.generate(PROMPT, sp, SpeculativeParams("ngram", 4)).token_ids == ours
+    plain_float = LLM(tiny_loaded, EngineConfig()).generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids
+    assert len(set(ours)) > 5 and ours != [plain_float[0]] * 24  # a real model, not a constant
+
+
+@pytest.mark.real_model
+def test_smollm2_int8_still_knows_paris(tmp_path):
+    loaded = load_model(ModelConfig(device="cpu", dtype="float32", quantization="int8"))
+    assert loaded.info.quantization == "int8"
+    ids = apply_chat_template(loaded.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    out = LLM(loaded).generate(ids, SamplingParams(max_tokens=24))
+    assert "Paris" in out.text
