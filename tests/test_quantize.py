@@ -41,7 +41,7 @@ def test_int8_layer(dtype):
 def test_int4_layer(dtype):
     torch.manual_seed(1)
     lin = nn.Linear(128, 64, bias=False).to(dtype)
-    q = Int4Linear(lin, group_size=32)
+    q = Int4Linear.from_linear(lin, group_size=32)
     w = effective_weight(q).float()
     groups = lin.weight.float().reshape(64, 4, 32)
     step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15
@@ -88,3 +88,20 @@ def test_smollm2_int8_still_knows_paris(tmp_path):
     ids = apply_chat_template(loaded.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
     out = LLM(loaded).generate(ids, SamplingParams(max_tokens=24))
     assert "Paris" in out.text
+
+
+@pytest.mark.real_model
+def test_gguf_q4_1_blocks_served_as_they_are(smol_loaded):
+    """int4 on the GGUF keeps the file's Q4_1 blocks: every decoder layer's effective weight equals
+    the weight transformers dequantizes from the same blocks (fp32 rounding of m + 8·d aside), and
+    the answer is unchanged in substance."""
+    loaded = load_model(ModelConfig(device="cpu", dtype="float32", quantization="int4"))
+    floats = dict(smol_loaded.model.named_modules())
+    layers = [(n, m) for n, m in loaded.model.named_modules() if isinstance(m, Int4Linear) and ".layers." in n]
+    assert len(layers) == 30 * 7
+    for name, layer in layers[:14] + layers[-7:]:  # first two and last layer: q/k (permuted), v, o, mlp
+        ref = floats[name].weight
+        assert (effective_weight(layer) - ref).abs().max() <= 1e-6 * ref.abs().max(), name
+    ids = apply_chat_template(loaded.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    assert isinstance(loaded.model.lm_head, Int8Linear)  # the output layer keeps 8 bits
+    assert "Paris" in LLM(loaded).generate(ids, SamplingParams(max_tokens=16)).text

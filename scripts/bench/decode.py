@@ -1,11 +1,15 @@
-"""Plain greedy decode: Kakeya's engine vs HF `generate`, SmolLM2-135M-Instruct, float32 and bfloat16.
+"""Plain greedy decode: Kakeya's engine vs HF `generate`, SmolLM2-135M-Instruct, per dtype and quantization.
+
+Configurations are `dtype[+int8|+int4]` (weight-only quantization on torch's packed CPU
+kernels; HF `generate` runs the same quantized modules).
 
 Same prompt, same number of new tokens (eos ignored by both), greedy outputs compared token
 for token. Both run side by side in one process, alternating, median of --repeats. Also
 measures DRAM read bandwidth and reports each as a fraction of the memory-bandwidth bound
 (bandwidth / weight bytes per token).
 
-    .venv/bin/python scripts/bench/decode.py --tokens 128 --repeats 3
+    .venv/bin/python scripts/bench/decode.py --tokens 128 --repeats 3 \
+        --configs float32,bfloat16,float32+int8,bfloat16+int8,float32+int4,bfloat16+int4
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E4
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-def run(dtype: str, tokens: int, repeats: int, bandwidth: float) -> dict:
-    loaded = load_model(ModelConfig(device="cpu", dtype=dtype))
+def run(config: str, tokens: int, repeats: int, bandwidth: float) -> dict:
+    dtype, _, quant = config.partition("+")
+    loaded = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none"))
     llm, model = LLM(loaded), loaded.model
     ids = apply_chat_template(loaded.tokenizer, [{"role": "user", "content": PROMPT}])
     sp = SamplingParams(max_tokens=tokens, ignore_eos=True)
@@ -61,7 +66,7 @@ def run(dtype: str, tokens: int, repeats: int, bandwidth: float) -> dict:
     first_diff = next((i for i, (a, b) in enumerate(zip(out_ours, out_hf)) if a != b), None)
     bound = bandwidth * 1e9 / weight_bytes(model)
     return {
-        "dtype": dtype,
+        "dtype": config,
         "new_tokens": tokens,
         "prompt_tokens": len(ids),
         "kakeya_tok_s": tokens / t_ours,
@@ -78,7 +83,7 @@ def run(dtype: str, tokens: int, repeats: int, bandwidth: float) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| dtype | Kakeya plain tok/s | HF generate tok/s | Kakeya / HF | bound tok/s | Kakeya % of bound | HF % of bound | identical greedy output |",
+        "| config | Kakeya plain tok/s | HF generate tok/s | Kakeya / HF | bound tok/s | Kakeya % of bound | HF % of bound | identical greedy output |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -95,10 +100,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--configs", default="float32,bfloat16,float32+int8,bfloat16+int8,float32+int4,bfloat16+int4")
     args = ap.parse_args()
     bw = dram_bandwidth_gbs()
-    rows = [run(d, args.tokens, args.repeats, bw) for d in args.dtypes.split(",")]
+    rows = [run(c, args.tokens, args.repeats, bw) for c in args.configs.split(",")]
     path = write_result("decode", {"env": environment(), "dram_read_gbs": bw, "rows": rows})
     print(f"DRAM read bandwidth: {bw:.1f} GB/s\n\n{table(rows)}\n\nwrote {path}")
 

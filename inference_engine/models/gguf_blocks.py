@@ -1,0 +1,55 @@
+"""A GGUF file's Q4_0 / Q4_1 blocks as int4 codes, scales and minimums, under transformers' names.
+
+ggml block layouts (32 weights each): Q4_0 = fp16 d, 16 bytes of nibbles, w = d · (q - 8);
+Q4_1 = fp16 d, fp16 m, 16 bytes of nibbles, w = d · q + m. Byte j holds weight j in its low
+nibble and weight j + 16 in its high nibble. Both map exactly onto torch's int4 kernel with
+group size 32 (scale d, minimum m, or -8 · d for Q4_0). Llama GGUFs store attn_q / attn_k
+rows permuted for ggml's rope; we undo it as transformers does when it dequantizes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GGUF_TO_HF = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+
+
+def _unpermute(x: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's rope permutation of rows (transformers' _reverse_permute_weights)."""
+    dim = x.shape[0] // n_head // 2
+    return x.reshape(n_head, dim, 2, *x.shape[1:]).swapaxes(2, 1).reshape(x.shape)
+
+
+def read_q4_blocks(path: Path, num_heads: int, num_kv_heads: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """{"model.layers.i.self_attn.q_proj": (codes [N, K] int32, scales [N, K/32], mins [N, K/32])}"""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field else ""
+    Q = gguf.GGMLQuantizationType
+    out = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in GGUF_TO_HF or t.tensor_type not in (Q.Q4_0, Q.Q4_1):
+            continue
+        size = 20 if t.tensor_type == Q.Q4_1 else 18
+        raw = np.asarray(t.data, dtype=np.uint8)
+        blocks = raw.reshape(raw.shape[0], -1, size)  # [N, G, bytes]
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, G]
+        if t.tensor_type == Q.Q4_1:
+            m, qs = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), blocks[..., 4:]
+        else:
+            m, qs = -8.0 * d, blocks[..., 2:]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(raw.shape[0], -1)  # [N, K]
+        if arch == "llama" and parts[2] in ("attn_q", "attn_k"):
+            heads = num_heads if parts[2] == "attn_q" else num_kv_heads
+            codes, d, m = (_unpermute(a, heads) for a in (codes, d, m))
+        name = f"model.layers.{parts[1]}.{GGUF_TO_HF[parts[2]]}"
+        out[name] = (torch.from_numpy(codes.astype(np.int32)), torch.from_numpy(d), torch.from_numpy(m))
+    return out
