@@ -117,3 +117,19 @@ def test_busy_session_is_409_and_server_keeps_serving(smol_loaded):
         r = _complete(url, prompt + [28120], "busy-1")
         assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == len(prompt)
     engine.shutdown()
+
+
+@pytest.mark.real_model
+def test_stop_string_then_next_turn_at_once(smol_loaded):
+    """A stop string ends the request at the edge; the session must be checked in before the
+    response is sent, so the very next turn is not refused as busy (SmolLM2: a step takes ~60 ms,
+    long enough for a next request to land mid-step)."""
+    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+        prompt = [1, 9690, 198, 28120, 905, 30]
+        first = _complete(server.url, prompt, max_tokens=24, ignore_eos=True)["choices"][0]["text"]
+        stop = first[8:12]
+        for _ in range(4):  # the same prompt each time (the session trims to the shared prefix): the stop recurs
+            r = _complete(server.url, prompt, "stop-chain", stop=stop, max_tokens=24, ignore_eos=True)
+            assert r["choices"][0]["finish_reason"] == "stop" and stop not in r["choices"][0]["text"]
+    engine.shutdown()

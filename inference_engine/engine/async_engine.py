@@ -145,11 +145,17 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self.abort(rid)
+                # wait until the engine has released the request, so its session is checked in
+                # before the caller answers (a client's next turn must not find it busy)
+                done = self.abort(rid)
+                try:
+                    await asyncio.shield(asyncio.wrap_future(done))
+                except BaseException:  # noqa: BLE001 - cancelled again or engine dead: nothing to wait for
+                    pass
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str) -> "concurrent.futures.Future":
         def job() -> None:
             self._streams.pop(request_id, None)
             self.core.abort(request_id)
 
-        self._call(job)
+        return self._call(job)
