@@ -101,20 +101,27 @@ class SessionStore:
             except SessionNotFound:
                 return self.create(session_id=session_id)
 
+    def idle(self, session_id: str, then: str, create: bool = False) -> Session:
+        """The session, refused with SessionBusy while a generate runs on it; `then` says what the client may do."""
+        with self._lock:
+            s = self.get_or_create(session_id) if create else self.get(session_id)
+            if s.busy:
+                raise SessionBusy(f"session {session_id!r} already has a generate in progress; {then}", "session_id")
+            return s
+
+    def idle_seconds(self, s: Session) -> float:
+        return self.clock() - s.last_used
+
     def append(self, session_id: str, token_ids: Sequence[int]) -> int:
         with self._lock:
-            s = self.get(session_id)
-            if s.busy:
-                raise SessionBusy(f"session {session_id!r} is generating; append after it finishes", "session_id")
+            s = self.idle(session_id, "append after it finishes")
             s.history.extend(token_ids)
             s.last_used = self.clock()
             return len(s.history)
 
     def check_out(self, session_id: str) -> Session:
         with self._lock:
-            s = self.get(session_id)
-            if s.busy:
-                raise SessionBusy(f"session {session_id!r} already has a generate in progress", "session_id")
+            s = self.idle(session_id, "wait for it to finish or cancel it")
             s.busy = True
             return s
 
@@ -133,9 +140,7 @@ class SessionStore:
 
     def close(self, session_id: str) -> None:
         with self._lock:
-            s = self.get(session_id)
-            if s.busy:
-                raise SessionBusy(f"session {session_id!r} is generating; cancel it first", "session_id")
+            self.idle(session_id, "cancel it first")
             del self._entries[session_id]
 
     # -- automatic prefix cache --------------------------------------------------

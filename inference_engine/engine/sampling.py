@@ -26,7 +26,7 @@ def position_generator(seed: Optional[int], position: int, device: torch.device)
     position (not by draw order) makes the sample independent of how steps were drafted."""
     if seed is None:
         return None
-    return make_generator((seed * 0x9E3779B1 + position) % (1 << 63), device)
+    return make_generator(seed * 0x9E3779B1 + position, device)  # make_generator reduces it mod 2**63
 
 
 def adjust_logits(logits: torch.Tensor, output_ids: Sequence[int], draft: Sequence[int], params: SamplingParams) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """The FastAPI app: OpenAI-compatible routes over one AsyncEngine."""
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Optional
 
@@ -12,8 +11,9 @@ from sse_starlette.sse import EventSourceResponse
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.validation import validate
+from ..auth import check_bearer
 from ..cache.session_store import Session, SessionStore
-from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge, SessionBusy, Unauthenticated
+from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
@@ -65,11 +65,7 @@ def create_app(state: ServerState) -> FastAPI:
         keys = state.config.api_keys
         if not keys:
             return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        # compare against every key, in constant time, so timing reveals nothing
-        if not any([hmac.compare_digest(given.encode(), k.encode()) for k in keys]) or not given:
-            raise Unauthenticated("missing or invalid API key: send `Authorization: Bearer <key>`")
+        check_bearer(request.headers.get("authorization", ""), keys, "`Authorization: Bearer <key>`")
 
     @app.get("/healthz")
     async def healthz():
@@ -117,7 +113,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
     async def get_session(session_id: str):
-        return session_info(state.ready().core.sessions.get(session_id), state.ready().core.sessions)
+        store = state.ready().core.sessions
+        return session_info(store.get(session_id), store)
 
     @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
     async def delete_session(session_id: str):
@@ -134,16 +131,14 @@ def _session(engine: AsyncEngine, body, request: Request) -> Optional[str]:
         return None
     if body.n != 1:
         raise InvalidRequest("a session continues one conversation: n must be 1 with session_id", "n")
-    session = engine.core.sessions.get_or_create(sid)
-    if session.busy:  # refuse before any SSE header is sent
-        raise SessionBusy(f"session {sid!r} already has a generate in progress", "session_id")
+    engine.core.sessions.idle(sid, "wait for it to finish or cancel it", create=True)  # refuse before any SSE header
     return sid
 
 
 def session_info(s: Session, store: SessionStore) -> dict:
     return {
         "id": s.session_id, "object": "session", "history_length": len(s.history), "kv_cached_tokens": s.kv_length,
-        "kv_bytes": s.kv_bytes, "idle_seconds": round(store.clock() - s.last_used, 3), "busy": s.busy,
+        "kv_bytes": s.kv_bytes, "idle_seconds": round(store.idle_seconds(s), 3), "busy": s.busy,
         "speculative": spec_dict(s.stats),
     }
 

@@ -20,6 +20,12 @@ from torch import nn
 METHODS = ("none", "int8", "int4")
 
 
+def _restore(layer: nn.Module, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The packed kernels take and give 2-D [M, *]: back to x's leading shape, plus the bias."""
+    y = y.reshape(*x.shape[:-1], layer.out_features)
+    return y if layer.bias is None else y + layer.bias
+
+
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -32,8 +38,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)  # [M, N]
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return _restore(self, y, x)
 
 
 class Int4Linear(nn.Module):
@@ -65,8 +70,7 @@ class Int4Linear(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.reshape(-1, x.shape[-1]), self.weight, self.group_size, self.scales_and_zeros
         )  # [M, N]
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return _restore(self, y, x)
 
 
 @torch.inference_mode()

@@ -1,26 +1,18 @@
 """The one place gRPC statuses come from: bearer-key auth and the EngineError → status mapping."""
 from __future__ import annotations
 
-import hmac
 from typing import Sequence
 
 import grpc
 
-from ..errors import EngineError, Unauthenticated
+from ..auth import check_bearer
+from ..errors import EngineError
 
 PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # like /healthz over HTTP: no key needed
 
 
 def _status(e: EngineError) -> grpc.StatusCode:
     return grpc.StatusCode[e.grpc_code]
-
-
-def _check_key(metadata, keys: Sequence[str]) -> None:
-    header = dict(metadata or ()).get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    # compare against every key, in constant time, so timing reveals nothing
-    if not any([hmac.compare_digest(given.encode(), k.encode()) for k in keys]) or not given:
-        raise Unauthenticated("missing or invalid API key: send metadata `authorization: Bearer <key>`")
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -37,7 +29,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         def guard():
             if keys:
-                _check_key(metadata, keys)
+                check_bearer(dict(metadata or ()).get("authorization", ""), keys, "metadata `authorization: Bearer <key>`")
 
         if handler.unary_unary:
             inner = handler.unary_unary

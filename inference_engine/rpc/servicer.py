@@ -59,4 +59,4 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
     async def GetSessionInfo(self, request: pb.GetSessionInfoRequest, context) -> pb.SessionInfo:
         store = self.engine().core.sessions
         s = store.get(request.session_id)
-        return info_to_pb(s, store.clock() - s.last_used)
+        return info_to_pb(s, store.idle_seconds(s))
