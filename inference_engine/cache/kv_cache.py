@@ -1,7 +1,9 @@
-"""One request's KV cache: a transformers DynamicCache plus the operations the engine needs.
+"""One request's KV cache: keys/values written by position into per-layer buffers.
 
-Rollback is trimming: rejected draft positions are cropped off the end, nothing is copied
-(mlx-lm's `trim(n)`, gpt-fast's pointer move).
+Each layer holds [1, Hkv, capacity, D] tensors; positions [0, length) are valid. A forward
+writes its new positions in place, and rollback is trimming: `length -= n`, nothing is copied
+(mlx-lm's `trim(n)`, gpt-fast's pointer move). Buffers grow by doubling, so a decode step
+allocates nothing. The eager transformers path reads the same buffers through `to_dynamic`.
 """
 from __future__ import annotations
 
@@ -10,28 +12,59 @@ from typing import Optional, Sequence
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
-KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer: [B, H, L, D] each
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer: [B, Hkv, L, D] each
+GRANULE = 64  # capacity is a multiple of this many positions
 
 
 class KVCache:
     def __init__(self, config: PretrainedConfig, layers: Optional[Sequence[KV]] = None):
         self.config = config
-        self.hf = DynamicCache(config=config)
-        if layers is not None:
-            for layer, (k, v) in zip(self.hf.layers, layers):
-                layer.lazy_initialization(k, v)
-                layer.keys, layer.values = k, v
+        self.keys: list[torch.Tensor] = []    # per layer [1, Hkv, capacity, D]
+        self.values: list[torch.Tensor] = []
+        self.length = 0  # positions whose keys/values are valid
+        if layers:
+            self.keys, self.values = [k for k, _ in layers], [v for _, v in layers]
+            self.length = self.keys[0].shape[2]
 
     @property
-    def length(self) -> int:
-        """Number of token positions whose keys/values are cached."""
-        return self.hf.get_seq_length()
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def reserve(self, total: int, like: torch.Tensor) -> None:
+        """Make room for `total` positions (dtype and device of `like`); valid positions are kept."""
+        if total <= self.capacity:
+            return
+        cap = -(-max(total, 2 * self.capacity) // GRANULE) * GRANULE
+        c = self.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        shape = (1, heads, cap, dim)
+        old_k, old_v = self.keys, self.values
+        self.keys = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
+        self.values = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
+        for new, old in zip((*self.keys, *self.values), (*old_k, *old_v)):
+            new[:, :, : self.length] = old[:, :, : self.length]
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> KV:
+        """Store k, v [1, Hkv, T, D] at positions [start, start+T); return keys/values [0, start+T).
+        The caller reserves first and advances `length` once all layers are written."""
+        end = start + k.shape[2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def append(self, new: Sequence[KV]) -> None:
+        """Append per-layer keys/values [1, Hkv, T, D] after the valid positions."""
+        T = new[0][0].shape[2]
+        self.reserve(self.length + T, new[0][0])
+        for i, (k, v) in enumerate(new):
+            self.write(i, self.length, k, v)
+        self.length += T
 
     def trim(self, n: int) -> int:
         """Forget the last `n` positions; returns how many were actually removed."""
         n = max(0, min(n, self.length))
-        if n:
-            self.hf.crop(-n)
+        self.length -= n
         return n
 
     def clone_prefix(self, n: int) -> "KVCache":
@@ -39,42 +72,36 @@ class KVCache:
         return KVCache(self.config, [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in self.layers()])
 
     def layers(self) -> list[KV]:
-        return [(layer.keys, layer.values) for layer in self.hf.layers]
+        """Per layer views of the valid positions, [1, Hkv, length, D]."""
+        return [(k[:, :, : self.length], v[:, :, : self.length]) for k, v in zip(self.keys, self.values)]
 
     @property
     def nbytes(self) -> int:
-        total = 0
-        for layer in self.hf.layers:
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if t is not None:
-                    total += t.numel() * t.element_size()
-        return total
+        """Bytes held, the spare capacity included."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
-def stack_left_padded(caches: Sequence[KVCache]) -> tuple[KVCache, torch.Tensor]:
-    """One batched cache from several: row r right-aligned, zeros on the left. Returns the cache and
-    the key-padding mask [B, Lmax] (True where a position is real)."""
+def to_dynamic(config: PretrainedConfig, layers: Sequence[KV]) -> DynamicCache:
+    """A transformers DynamicCache over the given keys/values, for the eager model's forward."""
+    dc = DynamicCache(config=config)
+    for layer, (k, v) in zip(dc.layers, layers):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+    return dc
+
+
+def stack_left_padded(caches: Sequence[KVCache]) -> tuple[list[KV], torch.Tensor]:
+    """Batched keys/values from several caches: row r right-aligned, zeros on the left. Returns the
+    layers [B, Hkv, Lmax, D] and the key-padding mask [B, Lmax] (True where a position is real)."""
     lengths = [c.length for c in caches]
     L = max(lengths)
-    per_layer = zip(*(c.layers() for c in caches))
     stacked = []
-    for layer in per_layer:
+    for layer in zip(*(c.layers() for c in caches)):
         k0 = layer[0][0]
-        keys = k0.new_zeros((len(caches), k0.shape[1], L, k0.shape[3]))  # [B, H, Lmax, D]
+        keys = k0.new_zeros((len(caches), k0.shape[1], L, k0.shape[3]))  # [B, Hkv, Lmax, D]
         values = keys.clone()
         for r, ((k, v), n) in enumerate(zip(layer, lengths)):
             keys[r, :, L - n :], values[r, :, L - n :] = k[0], v[0]
         stacked.append((keys, values))
     mask = torch.arange(L, device=k0.device)[None, :] >= torch.tensor([L - n for n in lengths], device=k0.device)[:, None]
-    return KVCache(caches[0].config, stacked), mask
-
-
-def unstack(batched: KVCache, old_lengths: Sequence[int], new_lengths: Sequence[int]) -> list[KVCache]:
-    """Split a batched cache (as built by stack_left_padded, then extended by a forward) back into rows,
-    keeping row r's old positions and its first new_lengths[r] new ones."""
-    L = max(old_lengths)
-    rows = []
-    for r, (old, new) in enumerate(zip(old_lengths, new_lengths)):
-        kv = [(k[r : r + 1, :, L - old : L + new].clone(), v[r : r + 1, :, L - old : L + new].clone()) for k, v in batched.layers()]
-        rows.append(KVCache(batched.config, kv))
-    return rows
+    return stacked, mask

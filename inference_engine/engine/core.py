@@ -36,7 +36,7 @@ class EngineCore:
     ):
         self.config = config
         self.eos_ids = frozenset(eos_ids)
-        self.verifier = Verifier(model, config.max_batch)
+        self.verifier = Verifier(model, config.max_batch, config.fast_path, config.compile)
         self.sessions = SessionStore(config.session_cache_bytes, config.session_ttl, config.max_sessions)
         self.scheduler = Scheduler(config.max_running, config.max_waiting)
         suffix = SuffixProposer(config.suffix_cache_tokens)

@@ -3,44 +3,55 @@
 Prefill and decode are the same call: the input is every token the KV cache does not hold
 yet (the whole prompt at first, then one token) followed by the k draft tokens, and only
 the last k+1 positions' logits are computed. Requests in decode (one uncached token) share
-one batched forward: their caches are stacked left-padded with a key mask, each row gets its
-own positions, and the new KV is split back per request. A prefill runs alone, so a long
-prompt never pads a batch of one-token rows.
+one batched forward; a prefill runs alone, so a long prompt never pads a batch of one-token rows.
+
+Two paths compute the same thing: the fast path (models/fast.py: fused projections, KV written
+in place) for Llama-family models, and the transformers model itself, the eager reference
+and the fallback for every other architecture.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+import logging
+from typing import Optional, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
 from kv_cache_proposer.base import Draft
 
-from ..cache.kv_cache import KVCache, stack_left_padded, unstack
+from ..cache.kv_cache import KVCache, stack_left_padded, to_dynamic
+from ..models.fast import FastDecoder, unsupported_reason
 from .request import Request
+
+log = logging.getLogger(__name__)
 
 
 class Verifier:
-    def __init__(self, model: PreTrainedModel, max_batch: int = 8):
+    def __init__(self, model: PreTrainedModel, max_batch: int = 8, fast: bool = True, compile: bool = False):
         self.model = model
         self.device = model.device
         self.max_batch = max_batch
         self.forwards = 0  # model calls so far (a batched call counts once)
+        self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
+        reason = unsupported_reason(model) if fast else "eager path requested"
+        if fast and reason is not None:
+            log.info("fast decode path unavailable (%s); using the transformers forward", reason)
+        self.fast: Optional[FastDecoder] = FastDecoder(model, compile=compile) if reason is None else None
         params = inspect.signature(model.forward).parameters
         # transformers renamed `past_key_values` to `cache` during 5.x
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
+    @property
+    def path(self) -> str:
+        return "eager" if self.fast is None else ("compiled" if self.fast.compiled else "fast")
+
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)
 
-    @torch.inference_mode()
     def forward(self, cache: KVCache, tokens: Sequence[int], num_logits: int) -> torch.Tensor:
         """Feed `tokens` after the cached ones; return logits [num_logits, V] of the last positions."""
-        self.forwards += 1
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # [1, T]
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=num_logits, **{self.cache_kwarg: cache.hf})
-        return out.logits[0, -num_logits:]  # [k+1, V]
+        return self.forward_batch([cache], [list(tokens)], [num_logits])[0]
 
     def verify(self, batch: Sequence[Request], drafts: Sequence[Draft]) -> list[torch.Tensor]:
         """Per request, logits [k+1, V] at positions [last, d1..dk]."""
@@ -53,30 +64,47 @@ class Verifier:
         decode = [i for i, req in enumerate(batch) if req.cache.length and len(inputs[i]) == len(drafts[i].tokens) + 1]
         for start in range(0, len(decode) if len(decode) > 1 else 0, self.max_batch):
             rows = decode[start : start + self.max_batch]
-            for i, logits in zip(rows, self.forward_batch([batch[i] for i in rows], [inputs[i] for i in rows])):
-                out[i] = logits
+            # every input position of a decoding row is a logit row
+            logits = self.forward_batch([batch[i].cache for i in rows], [inputs[i] for i in rows], [len(inputs[i]) for i in rows])
+            for i, lg in zip(rows, logits):
+                out[i] = lg
         for i, req in enumerate(batch):
             if out[i] is None:
                 out[i] = self.forward(req.cache, inputs[i], len(drafts[i].tokens) + 1)
         return out
 
     @torch.inference_mode()
-    def forward_batch(self, reqs: Sequence[Request], inputs: Sequence[list[int]]) -> list[torch.Tensor]:
-        """One forward for several decoding requests; every input position is a logit row, so
-        request r gets logits [len(inputs[r]), V]. Each request's cache is replaced by its row."""
+    def forward_batch(self, caches: Sequence[KVCache], inputs: Sequence[list[int]], keep: Sequence[int]) -> list[torch.Tensor]:
+        """One forward: row r feeds inputs[r] after caches[r] and gets logits [keep[r], V] of its
+        last positions. Each cache ends up holding its row's new positions."""
         self.forwards += 1
-        old = [r.cache.length for r in reqs]
-        new = [len(x) for x in inputs]
+        starts, new = [c.length for c in caches], [len(x) for x in inputs]
         T = max(new)
-        cache, key_mask = stack_left_padded([r.cache for r in reqs])  # mask [B, Lmax]
         ids = torch.tensor([x + [0] * (T - len(x)) for x in inputs], device=self.device)  # [B, T], right-padded
-        # right padding is never attended by real tokens (causal), and is dropped from the cache below
-        mask = torch.cat([key_mask, torch.ones(len(reqs), T, dtype=torch.bool, device=self.device)], dim=1)
-        pos = torch.tensor(old, device=self.device)[:, None] + torch.arange(T, device=self.device)[None, :]  # [B, T]
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        hidden = decoder(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=True,
-                         **{self.cache_kwarg: cache.hf}).last_hidden_state  # [B, T, H]
-        for r, row in zip(reqs, unstack(cache, old, new)):
-            r.cache = row
-        logits = head(torch.cat([hidden[b, :n] for b, n in enumerate(new)]))  # [sum(new), V]: one lm_head GEMM
-        return list(logits.split(new))
+        if self.fast is not None:
+            hidden = self.fast.forward(ids, caches, starts)  # [B, T, H]
+            for cache, start, n in zip(caches, starts, new):
+                cache.length = start + n  # right padding written past the end is simply not valid
+        else:
+            hidden = self._eager(ids, caches, starts, new)
+        rows = torch.cat([hidden[b, n - k : n] for b, (n, k) in enumerate(zip(new, keep))])  # [sum(keep), H]
+        return list(self.head(rows).split(list(keep)))  # one lm_head GEMM
+
+    def _eager(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: list[int], new: list[int]) -> torch.Tensor:
+        """The transformers decoder over the same caches: rows left-padded with a key mask, each
+        with its own positions; right padding is never attended by real tokens (causal)."""
+        B, T = ids.shape
+        extra = {}
+        if B == 1:
+            layers = caches[0].layers()
+        else:
+            layers, key_mask = stack_left_padded(caches)  # mask [B, Lmax]
+            ones = torch.ones(B, T, dtype=torch.bool, device=self.device)
+            extra["attention_mask"] = torch.cat([key_mask, ones], dim=1).long()
+            extra["position_ids"] = torch.tensor(starts, device=self.device)[:, None] + torch.arange(T, device=self.device)
+        dc = to_dynamic(self.model.config, layers)
+        L = dc.get_seq_length()
+        hidden = self.decoder(input_ids=ids, use_cache=True, **extra, **{self.cache_kwarg: dc}).last_hidden_state
+        for b, (cache, n) in enumerate(zip(caches, new)):
+            cache.append([(layer.keys[b : b + 1, :, L : L + n], layer.values[b : b + 1, :, L : L + n]) for layer in dc.layers])
+        return hidden  # [B, T, H]

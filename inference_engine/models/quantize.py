@@ -12,6 +12,7 @@ model actually served (the verifier is the quantized model), not to the float we
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Optional
 
 import torch
@@ -107,3 +108,44 @@ def quantize(model: nn.Module, method: str, group_size: int = 32, int4_blocks: M
             new = Int4Linear.from_linear(linear, group_size)
         setattr(parent, name.rpartition(".")[2], new)
     return len(targets)
+
+
+def _cat(tensors: list[Optional[torch.Tensor]], dim: int = 0) -> Optional[torch.Tensor]:
+    return None if any(t is None for t in tensors) else torch.cat([t.detach() for t in tensors], dim)
+
+
+def fusable(layers: list[nn.Module]) -> bool:
+    kind = type(layers[0])
+    return kind in (nn.Linear, Int8Linear, Int4Linear) and all(type(m) is kind for m in layers) \
+        and len({m.bias is None for m in layers}) == 1 \
+        and (kind is not Int4Linear or len({m.group_size for m in layers}) == 1)
+
+
+@torch.inference_mode()
+def fuse(layers: list[nn.Module]) -> Optional[nn.Module]:
+    """One layer computing the given layers' outputs side by side (q/k/v, gate/up): one GEMV reads
+    all their weights. The originals' weights become views of the fused one, so no memory is
+    duplicated. None when the layers are not all of one fusable kind."""
+    if not fusable(layers):
+        return None
+    kind = type(layers[0])
+    fused = copy.copy(layers[0])  # same class and attributes; the tensors are replaced below
+    fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
+    fused.out_features = sum(m.out_features for m in layers)
+    weight = _cat([m.weight for m in layers])
+    if kind is nn.Linear:
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+    else:
+        fused.weight = weight
+    bias = _cat([m.bias for m in layers])
+    fused.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    if kind is Int8Linear:
+        fused.scales = _cat([m.scales for m in layers])
+    if kind is Int4Linear:  # [G, N, 2]: output channels are dim 1
+        fused.scales_and_zeros = _cat([m.scales_and_zeros for m in layers], 1)
+    start = 0
+    for m in layers:  # packed int4 rows are independent, so row views of the fused weight stay valid
+        view = fused.weight[start : start + m.out_features]
+        m.weight = nn.Parameter(view, requires_grad=False) if kind is nn.Linear else view
+        start += m.out_features
+    return fused

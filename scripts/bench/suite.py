@@ -1,0 +1,240 @@
+"""`kakeya bench`: every comparison side by side in one run → JSON, docs/benchmarks.md tables, a PNG plot.
+
+Sections (all by default; --only picks):
+  decode     plain greedy decode per config: our fast path, our eager path, HF `generate`, and
+             llama.cpp on the GGUF file; each as a fraction of the DRAM bound measured in this run
+  workloads  the speculation workloads (scripts/bench/workloads): ours plain and `auto` in float32
+             and in the --best config, HF `generate` plain and prompt lookup, llama.cpp plain and
+             prompt lookup; tok/s = generated tokens / wall time, prefill included
+  latency    prefill tok/s of a ~2k-token prompt; TTFT and inter-token latency, in-process vs HTTP
+
+llama.cpp is the llama-cpp-python peer in its own cached venv; when it is absent the suite says so
+and skips it (build it once with `bash scripts/bench/install_llama_cpp.sh`).
+--short is the smoke/CI mode (fewer tokens, configs and repeats; JSON only unless --docs).
+
+    kakeya bench                # the full suite (~30 min on 2 cores), regenerates docs/benchmarks.md
+    kakeya bench --short        # a few minutes
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import decode  # noqa: E402
+import latency  # noqa: E402
+import spec  # noqa: E402
+from common import dram_bandwidth_gbs, environment, write_result  # noqa: E402
+from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
+
+from inference_engine.config import ModelConfig  # noqa: E402
+from inference_engine.models import load_model  # noqa: E402
+from inference_engine.models.loader import default_gguf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "bench_workloads.png"
+BEGIN, END = "<!-- kakeya bench: begin (generated, do not edit) -->", "<!-- kakeya bench: end -->"
+COPY_HEAVY = ("code_edit", "summarise_quote", "agent")
+
+
+def workload_columns(f32, best, best_name: str, peer, k: int) -> tuple[dict, dict]:
+    """Column name → fn(prompt ids, max tokens) and column → the plain column its output must equal."""
+    cols = {"kakeya float32 plain": spec.make_column(f32, "none", k), "kakeya float32 auto": spec.make_column(f32, "auto", k),
+            f"kakeya {best_name} plain": spec.make_column(best, "none", k),
+            f"kakeya {best_name} auto": spec.make_column(best, "auto", k),
+            "HF generate": spec.make_column(f32, spec.HF_PLAIN, k),
+            "HF prompt lookup": spec.make_column(f32, spec.HF_LOOKUP, k)}
+    refs = {c: "kakeya float32 plain" for c in cols}
+    refs[f"kakeya {best_name} auto"] = f"kakeya {best_name} plain"
+    if peer is not None:
+        eos = list(f32.info.eos_ids)
+        cols["llama.cpp"] = lambda ids, n: (peer.generate(ids, n, eos)[0], None)
+        cols["llama.cpp prompt lookup"] = lambda ids, n: (peer.generate(ids, n, eos, lookup=True)[0], None)
+        refs["llama.cpp"] = refs["llama.cpp prompt lookup"] = "llama.cpp"
+    for c, r in refs.items():
+        if r == c:
+            refs[c] = None
+    return cols, refs
+
+
+def run_workloads(f32, best, best_name: str, peer, names: list[str], k: int, max_tokens: int) -> dict:
+    cols, refs = workload_columns(f32, best, best_name, peer, k)
+    warm = f32.tokenizer.encode("Say hello.")
+    for fn in cols.values():
+        fn(warm, 8)
+    rows = {}
+    for name in names:
+        runs = spec.run_workload(f32.tokenizer, spec.load_workload(name), cols, max_tokens)
+        for c, r in runs.items():
+            ref = runs[refs[c]] if refs[c] else None
+            r["equal_to"] = refs[c]
+            r["mismatches"] = [] if ref is None else [
+                {"request": i, "first_difference_at": spec.first_difference(o, b)}
+                for i, (o, b) in enumerate(zip(r["outputs"], ref["outputs"])) if o != b]
+        for r in runs.values():
+            del r["outputs"], r["prompt_ids"]
+        rows[name] = runs
+        print(f"{name:>16}: " + ", ".join(f"{c} {r['tok_s']:.1f}" for c, r in runs.items()) + " tok/s", flush=True)
+    rows["all"] = {c: spec.total([rows[n][c] for n in names]) for c in cols}
+    return {"columns": list(cols), "equal_to": refs, "rows": rows}
+
+
+def workloads_table(w: dict) -> str:
+    cols = w["columns"]
+    lines = ["| workload | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, runs in w["rows"].items():
+        cells = []
+        for c in cols:
+            r = runs[c]
+            cell = f"{r['tok_s']:.1f}"
+            if r.get("acceptance_rate") is not None and "auto" in c:
+                cell += f" ({r['mean_accepted_length']:.2f} tok/step)"
+            if r["mismatches"]:
+                cell += f" ≠{len(r['mismatches'])}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(w: dict, path: Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'); no plot"
+    names, cols = list(w["rows"]), w["columns"]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        ax.bar([i + j * width for i in range(len(names))], [w["rows"][n][c]["tok_s"] for n in names], width, label=c)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    ax.set_ylabel("tok/s (generated tokens / wall time)")
+    ax.set_title("SmolLM2-135M-Instruct, CPU: tok/s per workload and system")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return f"wrote {path}"
+
+
+def targets(res: dict) -> list[str]:
+    """The issue's targets, each with the value this run measured."""
+    out = []
+    d = {r["dtype"]: r for r in res.get("decode", {}).get("rows", [])}
+    llama = next((r for r in d.values() if "llama_cpp_tok_s" in r), None)
+    ours = [r for r in d.values() if "kakeya_tok_s" in r]
+    if "float32" in d:
+        f = d["float32"]
+        out.append(f"float32 plain decode ≥ 0.5 of the DRAM bound and ≥ 1.7× HF: {f['kakeya_fraction_of_bound']:.2f} of the bound, "
+                   f"{f['ratio_kakeya_over_hf']:.2f}× HF")
+    if ours and llama:
+        best = max(ours, key=lambda r: r["kakeya_tok_s"])
+        out.append(f"best plain config ≥ 0.75× llama.cpp plain: {best['dtype']} {best['kakeya_tok_s']:.1f} tok/s = "
+                   f"{best['kakeya_tok_s'] / llama['llama_cpp_tok_s']:.2f}× llama.cpp ({llama['llama_cpp_tok_s']:.1f})")
+    w = res.get("workloads")
+    if w:
+        rows, best_auto = w["rows"], next(c for c in w["columns"] if c.endswith("auto") and "float32" not in c)
+        best_plain = best_auto.replace("auto", "plain")
+        for name in [n for n in COPY_HEAVY if n in rows]:
+            r = rows[name]
+            line = (f"{name}: auto ÷ own plain ≥ 3×: float32 {r['kakeya float32 auto']['tok_s'] / r['kakeya float32 plain']['tok_s']:.2f}×, "
+                    f"{best_auto.removeprefix('kakeya ')} {r[best_auto]['tok_s'] / r[best_plain]['tok_s']:.2f}×")
+            if "llama.cpp" in r:
+                line += f"; auto ÷ llama.cpp plain ≥ 1.5×: {r[best_auto]['tok_s'] / r['llama.cpp']['tok_s']:.2f}×"
+            out.append(line)
+        if "chat" in rows:
+            r = rows["chat"]
+            out.append(f"chat: auto ≥ 0.97× own plain: float32 {r['kakeya float32 auto']['tok_s'] / r['kakeya float32 plain']['tok_s']:.2f}×, "
+                       f"{best_auto.removeprefix('kakeya ')} {r[best_auto]['tok_s'] / r[best_plain]['tok_s']:.2f}×")
+    for r in res.get("latency", []):
+        out.append(f"{r['config']}: HTTP streaming ≥ 0.95× in-process: {r['streaming']['http_over_in_process_decode']:.2f}×")
+    return out
+
+
+def markdown(res: dict, command: str) -> str:
+    env = res["env"]
+    parts = [BEGIN, "", f"Generated by `{command}` on {env['date']} ({env['machine']}, torch {env['torch']}, "
+             f"{env['threads']} threads; DRAM read {res['dram_read_gbs']:.1f} GB/s in this run; llama.cpp: {res['llama_cpp']}).", ""]
+    parts += ["**Targets** (measured in this run):", ""] + [f"- {t}" for t in targets(res)] + [""]
+    if "decode" in res:
+        parts += ["### Plain decode", "", decode.table(res["decode"]["rows"]), ""]
+    if "workloads" in res:
+        parts += ["### Workloads (tok/s; ≠n: n requests whose output differs from the column named in the JSON's `equal_to`)",
+                  "", workloads_table(res["workloads"]), "", f"![tok/s per workload and system]({PLOT.name})", ""]
+    if "latency" in res:
+        parts += ["### Prefill, TTFT, inter-token latency", "", latency.table(res["latency"]), ""]
+    return "\n".join(parts + [END])
+
+
+def update_doc(block: str) -> None:
+    text = DOC.read_text()
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.replace("\n", f"\n\n## Latest `kakeya bench`\n\n{block}\n", 1)
+    DOC.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="kakeya bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--short", action="store_true", help="smoke mode: a few minutes")
+    ap.add_argument("--only", default="decode,workloads,latency")
+    ap.add_argument("--configs", default=None, help="decode configs (default float32,bfloat16,bfloat16+int8,bfloat16+int4)")
+    ap.add_argument("--best", default="bfloat16+int4", help="the fast config in the workloads and latency sections")
+    ap.add_argument("--workloads", default="chat,code_edit,summarise_quote,agent")
+    ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--docs", action="store_true", help="with --short, still rewrite docs/benchmarks.md")
+    args = ap.parse_args()
+    command = "kakeya bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    tokens, repeats = (32, 1) if args.short else (128, 3)
+    configs = args.configs or ("float32,bfloat16+int4" if args.short else "float32,bfloat16,bfloat16+int8,bfloat16+int4")
+    sections = args.only.split(",")
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    res: dict = {"env": environment(), "command": command, "dram_read_gbs": dram_bandwidth_gbs()}
+    reason = "skipped (--no-llama-cpp)" if args.no_llama_cpp else missing_reason()
+    peer = LlamaCppPeer(default_gguf()) if reason is None else None
+    res["llama_cpp"] = f"llama-cpp-python {peer.version}" if peer else f"not measured: {reason}"
+    print(res["llama_cpp"], flush=True)
+    try:
+        if "decode" in sections:
+            rows = [decode.run(c, tokens, repeats, res["dram_read_gbs"]) for c in configs.split(",")]
+            if peer is not None:
+                f32 = load_model(ModelConfig(device="cpu", dtype="float32"))
+                rows.append(decode.run_llama_cpp(peer, default_gguf(), f32.tokenizer, tokens, repeats, res["dram_read_gbs"]))
+            res["decode"] = {"rows": rows}
+            print(decode.table(rows), flush=True)
+        if "workloads" in sections:
+            f32 = load_model(ModelConfig(device="cpu", dtype="float32"))
+            dtype, _, quant = args.best.partition("+")
+            best = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none"))
+            names = args.workloads.split(",")[:2] if args.short else args.workloads.split(",")
+            res["workloads"] = run_workloads(f32, best, args.best, peer, names, 8, 48 if args.short else 0)
+            print(workloads_table(res["workloads"]), flush=True)
+        if "latency" in sections:
+            res["latency"] = [latency.run(c, tokens, repeats, peer) for c in ("float32", args.best)]
+            print(latency.table(res["latency"]), flush=True)
+    finally:
+        if peer is not None:
+            peer.close()
+    res["runtime_s"], res["loadavg"] = time.perf_counter() - t0, [load0, os.getloadavg()]
+    path = write_result("suite_short" if args.short else "suite", res)
+    print(f"wrote {path}")
+    if "workloads" in res:
+        print(plot(res["workloads"], PLOT))
+    if not args.short or args.docs:
+        update_doc(markdown(res, command))
+        print(f"updated {DOC}")
+    print("\n".join(["", "targets:"] + targets(res)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The fast decode path (models/fast.py) against the transformers forward it replaces: same greedy
+tokens in float32, alone, batched, speculating, quantized and compiled; the fused layers against
+the layers they fuse."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from inference_engine.cache.kv_cache import KVCache
+from inference_engine.config import EngineConfig
+from inference_engine.engine.llm import LLM
+from inference_engine.engine.verifier import Verifier
+from inference_engine.models import LoadedModel
+from inference_engine.models.quantize import Int4Linear, Int8Linear, fuse, quantize
+from inference_engine.types import SamplingParams, SpeculativeParams
+
+PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
+PLAIN = SpeculativeParams("none", 0)
+
+
+def _generate(loaded, fast: bool, prompt=PROMPT, n: int = 40, spec=PLAIN, **cfg) -> list[int]:
+    llm = LLM(loaded, EngineConfig(fast_path=fast, prefix_cache=False, **cfg))
+    assert llm.core.verifier.path == ("fast" if fast and not cfg.get("compile") else "compiled" if fast else "eager")
+    return llm.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True), spec).token_ids
+
+
+def test_fast_equals_eager_tiny_qwen3(tiny_loaded):
+    fast = _generate(tiny_loaded, True, n=64)
+    assert fast == _generate(tiny_loaded, False, n=64)
+    assert len(set(fast)) > 10
+
+
+def test_fast_logits_match_eager(tiny_loaded):
+    """Prefill, one-token decode and a 5-token verify, each against the transformers forward."""
+    fast, eager = Verifier(tiny_loaded.model, fast=True), Verifier(tiny_loaded.model, fast=False)
+    assert fast.path == "fast" and eager.path == "eager"
+    a, b = fast.new_cache(), eager.new_cache()
+    for tokens, keep in ((PROMPT, 3), ([42], 1), ([7, 8, 9, 10, 11], 5)):
+        la, lb = fast.forward(a, tokens, keep), eager.forward(b, tokens, keep)
+        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-4)
+        assert a.length == b.length
+    for (ka, va), (kb, vb) in zip(a.layers(), b.layers()):
+        torch.testing.assert_close(ka, kb, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_fast_equals_eager_smollm2(smol_loaded):
+    """A trained Llama: the two paths agree token for token in float32."""
+    ids = smol_loaded.tokenizer("The history of the lighthouse begins")["input_ids"]
+    assert _generate(smol_loaded, True, ids, 32) == _generate(smol_loaded, False, ids, 32)
+
+
+def test_fast_batched_rows_equal_alone(tiny_loaded):
+    """Rows of one batched forward attend over their own caches, at different lengths."""
+    llm = LLM(tiny_loaded, EngineConfig(prefix_cache=False))
+    prompts = [PROMPT, PROMPT[:5], PROMPT + [9707, 11, 1879]]
+    sp = SamplingParams(max_tokens=24, ignore_eos=True)
+    alone = [_generate(tiny_loaded, False, p, 24) for p in prompts]
+    reqs = [llm.core.add_request(p, sp, PLAIN) for p in prompts]
+    forwards = llm.core.verifier.forwards
+    while llm.core.has_work:
+        llm.core.step()
+    assert [r.output_ids for r in reqs] == alone
+    assert llm.core.verifier.forwards - forwards < 3 * 24  # decoding rows did share forwards
+
+
+@pytest.mark.parametrize("method", ["ngram", "suffix"])
+def test_fast_speculation_equals_eager_plain(tiny_loaded, method):
+    repetitive = PROMPT + [9707, 11, 1879, 30] * 6
+    ref = _generate(tiny_loaded, False, repetitive, 40)
+    assert _generate(tiny_loaded, True, repetitive, 40, SpeculativeParams(method, 6)) == ref
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_fast_quantized_equals_eager_quantized(tiny_loaded, method):
+    model = copy.deepcopy(tiny_loaded.model)
+    quantize(model, method)
+    loaded = LoadedModel(model, tiny_loaded.tokenizer, tiny_loaded.info)
+    assert _generate(loaded, True, n=32) == _generate(loaded, False, n=32)
+
+
+def test_compiled_equals_eager(tiny_loaded):
+    assert _generate(tiny_loaded, True, n=24, compile=True) == _generate(tiny_loaded, False, n=24)
+
+
+@pytest.mark.parametrize("kind", ["linear", "int8", "int4"])
+def test_fuse_keeps_originals_as_views(kind):
+    torch.manual_seed(0)
+    layers = [nn.Linear(64, n, bias=False) for n in (64, 32, 32)]
+    if kind == "int8":
+        layers = [Int8Linear(m) for m in layers]
+    elif kind == "int4":
+        layers = [Int4Linear.from_linear(m) for m in layers]
+    x = torch.randn(3, 64)
+    before = [m(x) for m in layers]
+    fused = fuse(layers)
+    torch.testing.assert_close(fused(x), torch.cat(before, dim=-1), rtol=0, atol=0)
+    for m, y in zip(layers, before):  # the originals still compute what they did, from the fused storage
+        torch.testing.assert_close(m(x), y, rtol=0, atol=0)
+        assert m.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
+    assert fuse([layers[0], nn.Linear(64, 8)]) is None  # mixed kinds stay apart
+
+
+def test_unsupported_architecture_falls_back_to_eager(tiny_loaded):
+    model = copy.deepcopy(tiny_loaded.model)
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    v = Verifier(model, fast=True)
+    assert v.path == "eager" and v.fast is None
+
+
+def test_cache_grows_by_position_and_trims_by_pointer(tiny_loaded):
+    v = Verifier(tiny_loaded.model)
+    cache = KVCache(tiny_loaded.model.config)
+    v.forward(cache, PROMPT, 1)
+    cap, keys = cache.capacity, cache.keys[0]
+    assert cache.length == len(PROMPT) and cap >= len(PROMPT) and cap % 64 == 0
+    v.forward(cache, [5, 6, 7], 3)
+    assert cache.trim(3) == 3 and cache.keys[0] is keys  # no copy, no reallocation
+    v.forward(cache, list(range(100, 100 + cap)), 1)  # past the capacity: buffers grow, prefix kept
+    assert cache.capacity >= len(PROMPT) + cap and cache.length == len(PROMPT) + cap
