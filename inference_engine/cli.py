@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds an idle session is kept")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
     _model_args(serve)
-    bench = sub.add_parser("bench", help="run the benchmark suite (scripts/bench/suite.py) and regenerate docs/benchmarks.md",
-                           add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # its options are the suite's own (`kakeya bench --help`): main() hands them over untouched
+    sub.add_parser("bench", help="run the benchmark suite (scripts/bench/suite.py) and regenerate docs/benchmarks.md",
+                   add_help=False)
     return parser
 
 
@@ -191,7 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(bench_args: Sequence[str]) -> int:
     """The suite lives in the repository (scripts/bench), next to its workloads and results."""
     import runpy
 
@@ -199,15 +199,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not suite.exists():
         print(f"kakeya: error: {suite} not found; `kakeya bench` runs from a source checkout", file=sys.stderr)
         return 2
-    sys.argv = [str(suite), *args.bench_args]
+    sys.argv = [str(suite), *bench_args]
     runpy.run_path(str(suite), run_name="__main__")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "serve": cmd_serve, "bench": cmd_bench}[args.command](args)
+        return {"generate": cmd_generate, "serve": cmd_serve}[args.command](args)
     except EngineError as e:
         print(f"kakeya: error: {e.message}", file=sys.stderr)
         return 2

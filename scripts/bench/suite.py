@@ -7,6 +7,7 @@ Sections (all by default; --only picks):
              and in the --best config, HF `generate` plain and prompt lookup, llama.cpp plain and
              prompt lookup; tok/s = generated tokens / wall time, prefill included
   latency    prefill tok/s of a ~2k-token prompt; TTFT and inter-token latency, in-process vs HTTP
+  shapes     random-weight Qwen3-0.6B/1.7B shapes on --device (default: on when CUDA or MPS is present)
 
 llama.cpp is the llama-cpp-python peer in its own cached venv; when it is absent the suite says so
 and skips it (build it once with `bash scripts/bench/install_llama_cpp.sh`).
@@ -14,6 +15,7 @@ and skips it (build it once with `bash scripts/bench/install_llama_cpp.sh`).
 
     kakeya bench                # the full suite (~30 min on 2 cores), regenerates docs/benchmarks.md
     kakeya bench --short        # a few minutes
+    kakeya bench --short --only shapes --device mps    # the Mac M4 workflow's run
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import decode  # noqa: E402
 import latency  # noqa: E402
+import shapes  # noqa: E402
 import spec  # noqa: E402
 from common import dram_bandwidth_gbs, environment, write_result  # noqa: E402
 from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
@@ -52,7 +57,10 @@ def workload_columns(f32, best, best_name: str, peer, k: int) -> tuple[dict, dic
             f"kakeya {best_name} auto": spec.make_column(best, "auto", k),
             "HF generate": spec.make_column(f32, spec.HF_PLAIN, k),
             "HF prompt lookup": spec.make_column(f32, spec.HF_LOOKUP, k)}
+    # each column must reproduce the plain output of the model it runs: float32 speculation and HF
+    # against our float32 plain, the quantized auto against the quantized plain
     refs = {c: "kakeya float32 plain" for c in cols}
+    refs[f"kakeya {best_name} plain"] = None
     refs[f"kakeya {best_name} auto"] = f"kakeya {best_name} plain"
     if peer is not None:
         eos = list(f32.info.eos_ids)
@@ -172,6 +180,8 @@ def markdown(res: dict, command: str) -> str:
                   "", workloads_table(res["workloads"]), "", f"![tok/s per workload and system]({PLOT.name})", ""]
     if "latency" in res:
         parts += ["### Prefill, TTFT, inter-token latency", "", latency.table(res["latency"]), ""]
+    if "shapes" in res:
+        parts += ["### Random-weight Qwen3 shapes", "", shapes.table(res["shapes"]), ""]
     return "\n".join(parts + [END])
 
 
@@ -187,7 +197,8 @@ def update_doc(block: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="kakeya bench", description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true", help="smoke mode: a few minutes")
-    ap.add_argument("--only", default="decode,workloads,latency")
+    ap.add_argument("--only", default=None, help="comma-separated sections (default: all that fit the machine)")
+    ap.add_argument("--device", default="auto", help="device of the shapes section")
     ap.add_argument("--configs", default=None, help="decode configs (default float32,bfloat16,bfloat16+int8,bfloat16+int4)")
     ap.add_argument("--best", default="bfloat16+int4", help="the fast config in the workloads and latency sections")
     ap.add_argument("--workloads", default="chat,code_edit,summarise_quote,agent")
@@ -197,10 +208,13 @@ def main() -> None:
     command = "kakeya bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     tokens, repeats = (32, 1) if args.short else (128, 3)
     configs = args.configs or ("float32,bfloat16+int4" if args.short else "float32,bfloat16,bfloat16+int8,bfloat16+int4")
-    sections = args.only.split(",")
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    sections = (args.only or "decode,workloads,latency" + (",shapes" if gpu else "")).split(",")
     t0, load0 = time.perf_counter(), os.getloadavg()
     res: dict = {"env": environment(), "command": command, "dram_read_gbs": dram_bandwidth_gbs()}
     reason = "skipped (--no-llama-cpp)" if args.no_llama_cpp else missing_reason()
+    if sections == ["shapes"]:
+        reason = "not part of the shapes section"
     peer = LlamaCppPeer(default_gguf()) if reason is None else None
     res["llama_cpp"] = f"llama-cpp-python {peer.version}" if peer else f"not measured: {reason}"
     print(res["llama_cpp"], flush=True)
@@ -219,6 +233,10 @@ def main() -> None:
             names = args.workloads.split(",")[:2] if args.short else args.workloads.split(",")
             res["workloads"] = run_workloads(f32, best, args.best, peer, names, 8, 48 if args.short else 0)
             print(workloads_table(res["workloads"]), flush=True)
+        if "shapes" in sections:
+            names = ["qwen3-0.6b"] if args.short else list(shapes.SHAPES)
+            res["shapes"] = shapes.measure(args.device, names, tokens, repeats)
+            print(shapes.table(res["shapes"]), flush=True)
         if "latency" in sections:
             res["latency"] = [latency.run(c, tokens, repeats, peer) for c in ("float32", args.best)]
             print(latency.table(res["latency"]), flush=True)

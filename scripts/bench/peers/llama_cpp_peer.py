@@ -22,7 +22,10 @@ def main() -> None:
     path = sys.argv[1]
     threads = int(os.environ.get("PEER_THREADS", "2"))
     common = dict(model_path=path, n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False)
-    engines = {False: Llama(**common), True: Llama(**common, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))}
+    # with a draft model llama-cpp-python needs every position's logits, but sizes its score
+    # buffer by logits_all alone (a prompt over n_batch tokens then fails): ask for them explicitly
+    lookup = LlamaPromptLookupDecoding(num_pred_tokens=10)
+    engines = {False: Llama(**common), True: Llama(**common, logits_all=True, draft_model=lookup)}
     print(json.dumps({"ready": True, "llama_cpp_python": __import__("llama_cpp").__version__}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
