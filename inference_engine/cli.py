@@ -199,8 +199,11 @@ def cmd_bench(bench_args: Sequence[str]) -> int:
     if not suite.exists():
         print(f"kakeya: error: {suite} not found; `kakeya bench` runs from a source checkout", file=sys.stderr)
         return 2
-    sys.argv = [str(suite), *bench_args]
-    runpy.run_path(str(suite), run_name="__main__")
+    argv, sys.argv = sys.argv, [str(suite), *bench_args]
+    try:
+        runpy.run_path(str(suite), run_name="__main__")
+    finally:
+        sys.argv = argv
     return 0
 
 

@@ -8,7 +8,7 @@ probabilities, which exact rejection sampling needs; greedy requests draft by ar
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -35,30 +35,57 @@ def check_vocab(draft_tokenizer, target_tokenizer, draft_model: PreTrainedModel,
         raise VocabularyMismatch(f"draft model has {dn} output logits, the verifier {tn}; they must be equal")
 
 
+class Runner(Protocol):
+    """How the draft model is run: the engine passes its own forward (fast path, position-indexed
+    KV); without one the transformers model runs on a DynamicCache."""
+
+    def new_cache(self): ...  # anything with trim(n)
+
+    def forward(self, cache, tokens: Sequence[int], num_logits: int) -> torch.Tensor: ...  # [num_logits, V]
+
+
+class _TransformersRunner:
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self) -> "_Dynamic":
+        return _Dynamic(config=self.model.config)
+
+    @torch.inference_mode()
+    def forward(self, cache: DynamicCache, tokens: Sequence[int], num_logits: int) -> torch.Tensor:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.model.device)  # [1, T]
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=num_logits, **{self.cache_kwarg: cache})
+        return out.logits[0]  # [num_logits, V]
+
+
+class _Dynamic(DynamicCache):
+    def trim(self, n: int) -> None:
+        if n > 0:
+            self.crop(-n)
+
+
 class _State:
     __slots__ = ("cache", "tokens")
 
-    def __init__(self, model: PreTrainedModel):
-        self.cache = DynamicCache(config=model.config)
+    def __init__(self, runner: Runner):
+        self.cache = runner.new_cache()
         self.tokens: list[int] = []  # the tokens whose KV is in self.cache
 
 
 class DraftModelProposer:
     name = "draft"
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, runner: Optional[Runner] = None):
         self.model = model
-        self.device = model.device
-        params = inspect.signature(model.forward).parameters
-        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.runner = runner or _TransformersRunner(model)
         self._states: dict[str, _State] = {}
 
-    @torch.inference_mode()
     def _forward(self, state: _State, tokens: Sequence[int]) -> torch.Tensor:
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # [1, T]
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kwarg: state.cache})
+        logits = self.runner.forward(state.cache, tokens, 1)
         state.tokens.extend(tokens)
-        return out.logits[0, -1].float()  # [V]
+        return logits[-1].float()  # [V]
 
     def _sync(self, state: _State, history: Sequence[int]) -> list[int]:
         """Crop the cache to the prefix shared with history; return the uncached tail."""
@@ -67,7 +94,7 @@ class DraftModelProposer:
         while n < limit and state.tokens[n] == history[n]:
             n += 1
         if n < len(state.tokens):
-            state.cache.crop(n - len(state.tokens))
+            state.cache.trim(len(state.tokens) - n)
             del state.tokens[n:]
         return list(history[n:])
 
@@ -77,7 +104,7 @@ class DraftModelProposer:
     def _propose_one(self, req: RequestView, k: int) -> Draft:
         if k <= 0:
             return EMPTY
-        state = self._states.get(req.request_id) or self._states.setdefault(req.request_id, _State(self.model))
+        state = self._states.get(req.request_id) or self._states.setdefault(req.request_id, _State(self.runner))
         sampling = getattr(req, "sampling", None)
         temperature = getattr(sampling, "temperature", 0.0) or 0.0
         generator: Optional[torch.Generator] = getattr(req, "generator", None)

@@ -97,3 +97,20 @@ def test_serve_starts_loads_and_answers(tiny_qwen3_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_eager_flag_gives_the_same_greedy_text(tiny_qwen3_dir, capsys):
+    args = ["generate", "Hello there", "--model", str(tiny_qwen3_dir), "--device", "cpu", "--max-tokens", "12",
+            "--speculative-method", "none"]
+    assert main(args) == 0
+    fast = capsys.readouterr().out
+    assert main(args + ["--eager"]) == 0
+    assert capsys.readouterr().out == fast and fast.strip()
+
+
+def test_bench_hands_its_options_to_the_suite(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: kakeya bench" in out and "--short" in out and "--only" in out

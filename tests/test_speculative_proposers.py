@@ -127,3 +127,21 @@ def test_auto_notices_when_drafts_start_matching(tiny_loaded):
     again = llm.generate(PROMPT, sp, SpeculativeParams("auto", 8))
     assert again.token_ids == known.token_ids
     assert again.spec.verify_steps < 0.5 * len(again.token_ids), again.spec
+
+
+def test_draft_model_runs_on_the_fast_path_and_equals_transformers(draft_llms, other_qwen3):
+    """The engine runs the draft model on its fast path; the proposer's own transformers runner
+    (used when no engine runner is given) drafts the same tokens."""
+    from kv_cache_proposer.draft_model import DraftModelProposer
+
+    engine_side = draft_llms["other"].core.proposers["draft"]
+    assert engine_side.runner.path == "fast"
+    standalone = DraftModelProposer(other_qwen3.model)
+    req = draft_llms["other"].core.add_request(PROMPT, GREEDY, SpeculativeParams("draft", 6), request_id="cmp")
+    try:
+        for history in (PROMPT, PROMPT + [9707, 11], PROMPT[:-2]):  # grows, then crops back
+            req.prompt_ids[:] = history
+            a, b = engine_side.propose([req], [6])[0], standalone.propose([req], [6])[0]
+            assert a.tokens == b.tokens and len(a.tokens) == 6
+    finally:
+        draft_llms["other"].core.abort("cmp")

@@ -47,7 +47,8 @@ class EngineCore:
             "auto": suffix,  # with k chosen per step by the controller
         }
         if draft_model is not None:
-            self.proposers["draft"] = DraftModelProposer(draft_model)
+            # the draft model runs on the same fast path (or eager fallback) as the verifier
+            self.proposers["draft"] = DraftModelProposer(draft_model, Verifier(draft_model, 1, config.fast_path, config.compile))
         self.suffix = suffix
         self._controller: Optional[AdaptiveController] = None
         self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted

@@ -8,7 +8,6 @@ ever copied to batch it. The transformers forward stays as the reference it is t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -22,16 +21,44 @@ from .quantize import fusable, fuse
 FAMILIES = ("llama", "qwen2", "qwen3")
 
 
-@dataclass(slots=True)
-class Block:
-    qkv: nn.Module       # [H] → [(Hq + 2·Hkv)·D]
-    o: nn.Module
-    gate_up: nn.Module   # [H] → [2·I]
-    down: nn.Module
-    ln1: torch.Tensor
-    ln2: torch.Tensor
-    q_norm: Optional[torch.Tensor]  # Qwen3 normalises each head of q and k
-    k_norm: Optional[torch.Tensor]
+class Block(nn.Module):
+    """One decoder layer over the fused projections. An nn.Module so that `--compile` compiles
+    the first block and reuses that code for every other (regional compilation)."""
+
+    def __init__(self, layer: nn.Module, heads: int, kv_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        a, m = layer.self_attn, layer.mlp
+        self.qkv = fuse([a.q_proj, a.k_proj, a.v_proj])  # [H] → [(Hq + 2·Hkv)·D]
+        self.o, self.down = a.o_proj, m.down_proj
+        self.gate_up = fuse([m.gate_proj, m.up_proj]) or _Pair(m.gate_proj, m.up_proj)  # [H] → [2·I]
+        self.ln1, self.ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        # Qwen3 normalises each head of q and k
+        self.q_norm = getattr(getattr(a, "q_norm", None), "weight", None)
+        self.k_norm = getattr(getattr(a, "k_norm", None), "weight", None)
+        self.heads, self.kv_heads, self.head_dim, self.eps = heads, kv_heads, head_dim, eps
+        self.scale, self.gqa = head_dim**-0.5, heads != kv_heads
+
+    def forward(self, x, cos, sin, keys: list, values: list, starts: list[int], masks: list, causal: list[bool]):
+        """x [B, T, H]; keys[b]/values[b] are row b's buffers [1, Hkv, capacity, D] for this layer."""
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        h = _rms(x, self.ln1, self.eps)
+        q, k, v = self.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
+        if self.q_norm is not None:
+            q, k = _rms(q, self.q_norm, self.eps), _rms(k, self.k_norm, self.eps)
+        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # [B, h, T, D]
+        v = v.transpose(1, 2)
+        rows = []
+        for b, start in enumerate(starts):
+            keys[b][:, :, start : start + T] = k[b : b + 1]  # written by position
+            values[b][:, :, start : start + T] = v[b : b + 1]
+            rows.append(F.scaled_dot_product_attention(
+                q[b : b + 1], keys[b][:, :, : start + T], values[b][:, :, : start + T],  # [1, Hkv, start+T, D]
+                attn_mask=masks[b], is_causal=causal[b], scale=self.scale, enable_gqa=self.gqa))
+        attn = rows[0] if B == 1 else torch.cat(rows)  # [B, Hq, T, D]
+        x = x + self.o(attn.transpose(1, 2).reshape(B, T, Hq * D))
+        gate, up = self.gate_up(_rms(x, self.ln2, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
+        return x + self.down(F.silu(gate) * up)
 
 
 def unsupported_reason(model: PreTrainedModel) -> Optional[str]:
@@ -72,22 +99,12 @@ class FastDecoder:
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // self.heads
         self.eps = c.rms_norm_eps
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm.weight, inner.rotary_emb
-        self.blocks = []
-        for layer in inner.layers:
-            a, m = layer.self_attn, layer.mlp
-            gate_up = fuse([m.gate_proj, m.up_proj])
-            self.blocks.append(Block(
-                qkv=fuse([a.q_proj, a.k_proj, a.v_proj]), o=a.o_proj,
-                gate_up=gate_up if gate_up is not None else _Pair(m.gate_proj, m.up_proj), down=m.down_proj,
-                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-                q_norm=getattr(getattr(a, "q_norm", None), "weight", None),
-                k_norm=getattr(getattr(a, "k_norm", None), "weight", None),
-            ))
+        self.blocks = [Block(layer, self.heads, self.kv_heads, self.head_dim, self.eps) for layer in inner.layers]
         self._cos = self._sin = None  # [P, D] rotary table, grown on demand
         self.compiled = compile
-        # Inductor fuses the norm/rope/residual element-wise ops around the GEMVs; shapes are
-        # dynamic so a growing cache does not recompile.
-        self._layers = torch.compile(self._run_layers, dynamic=True) if compile else self._run_layers
+        # Inductor fuses the norm/rope/residual element-wise ops around the GEMVs; every block
+        # shares one compiled graph, with dynamic shapes so a growing cache does not recompile.
+        self._calls = [torch.compile(b, dynamic=True) if compile else b for b in self.blocks]
 
     def _rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, T, D] at positions [B, T], from the model's own rotary module."""
@@ -114,32 +131,9 @@ class FastDecoder:
             # fresh prefill is plain causal (the flash kernel's own mask), otherwise an explicit mask
             keys = torch.arange(start + T, device=ids.device)
             masks.append(None if T == 1 or start == 0 else keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])
-        buffers = [(c.keys, c.values) for c in caches]
-        return self._layers(x, cos, sin, buffers, list(starts), masks)
-
-    def _run_layers(self, x, cos, sin, buffers: list, starts: list[int], masks: list) -> torch.Tensor:
-        """The decoder layers; buffers[b] = (per-layer keys, per-layer values) of row b's cache."""
-        B, T, _ = x.shape
-        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        for i, blk in enumerate(self.blocks):
-            h = _rms(x, blk.ln1, self.eps)
-            q, k, v = blk.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
-            if blk.q_norm is not None:
-                q, k = _rms(q, blk.q_norm, self.eps), _rms(k, blk.k_norm, self.eps)
-            q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # [B, h, T, D]
-            v = v.transpose(1, 2)
-            rows = []
-            for b, ((kb, vb), start) in enumerate(zip(buffers, starts)):
-                kb[i][:, :, start : start + T] = k[b : b + 1]  # written by position
-                vb[i][:, :, start : start + T] = v[b : b + 1]
-                keys, values = kb[i][:, :, : start + T], vb[i][:, :, : start + T]  # [1, Hkv, start+T, D]
-                rows.append(F.scaled_dot_product_attention(q[b : b + 1], keys, values, attn_mask=masks[b],
-                                                           is_causal=T > 1 and start == 0, scale=D**-0.5,
-                                                           enable_gqa=Hq != Hkv))
-            attn = rows[0] if B == 1 else torch.cat(rows)  # [B, Hq, T, D]
-            x = x + blk.o(attn.transpose(1, 2).reshape(B, T, Hq * D))
-            gate, up = blk.gate_up(_rms(x, blk.ln2, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
-            x = x + blk.down(F.silu(gate) * up)
+        causal = [T > 1 and start == 0 for start in starts]  # plain bools: compiled code specialises on them
+        for i, block in enumerate(self._calls):
+            x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal)
         return _rms(x, self.norm, self.eps)
 
 
