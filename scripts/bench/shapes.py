@@ -109,7 +109,6 @@ def run(shape: str, device: torch.device, dtype: torch.dtype, tokens: int, repea
         t = sorted(ts)[len(ts) // 2]
         row[f"{name}_tok_s"] = tokens / t
         row[f"{name}_fraction_of_bound"] = tokens / t * wb / (bandwidth * 1e9)
-    del model, cores
     return row
 
 
