@@ -54,9 +54,11 @@ def test_fast_equals_eager_smollm2(smol_loaded):
     assert _generate(smol_loaded, True, ids, 32) == _generate(smol_loaded, False, ids, 32)
 
 
-def test_fast_batched_rows_equal_alone(tiny_loaded):
-    """Rows of one batched forward attend over their own caches, at different lengths."""
-    llm = LLM(tiny_loaded, EngineConfig(prefix_cache=False))
+@pytest.mark.parametrize("fast", [True, False])
+def test_batched_rows_equal_alone(tiny_loaded, fast):
+    """Rows of one batched forward, at different lengths: on the fast path each attends over its
+    own cache; on the eager path the caches are stacked left-padded with a key mask."""
+    llm = LLM(tiny_loaded, EngineConfig(prefix_cache=False, fast_path=fast))
     prompts = [PROMPT, PROMPT[:5], PROMPT + [9707, 11, 1879]]
     sp = SamplingParams(max_tokens=24, ignore_eos=True)
     alone = [_generate(tiny_loaded, False, p, 24) for p in prompts]

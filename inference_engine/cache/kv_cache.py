@@ -45,20 +45,13 @@ class KVCache:
         for new, old in zip((*self.keys, *self.values), (*old_k, *old_v)):
             new[:, :, : self.length] = old[:, :, : self.length]
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> KV:
-        """Store k, v [1, Hkv, T, D] at positions [start, start+T); return keys/values [0, start+T).
-        The caller reserves first and advances `length` once all layers are written."""
-        end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
     def append(self, new: Sequence[KV]) -> None:
-        """Append per-layer keys/values [1, Hkv, T, D] after the valid positions."""
-        T = new[0][0].shape[2]
-        self.reserve(self.length + T, new[0][0])
-        for i, (k, v) in enumerate(new):
-            self.write(i, self.length, k, v)
+        """Write per-layer keys/values [1, Hkv, T, D] at the positions after the valid ones."""
+        start, T = self.length, new[0][0].shape[2]
+        self.reserve(start + T, new[0][0])
+        for keys, values, (k, v) in zip(self.keys, self.values, new):
+            keys[:, :, start : start + T] = k
+            values[:, :, start : start + T] = v
         self.length += T
 
     def trim(self, n: int) -> int:

@@ -129,8 +129,11 @@ class FastDecoder:
             cache.reserve(start + T, x)
             # query t (position start+t) sees keys 0..start+t: one query sees everything cached, a
             # fresh prefill is plain causal (the flash kernel's own mask), otherwise an explicit mask
-            keys = torch.arange(start + T, device=ids.device)
-            masks.append(None if T == 1 or start == 0 else keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])
+            if T == 1 or start == 0:
+                masks.append(None)
+            else:
+                keys = torch.arange(start + T, device=ids.device)
+                masks.append(keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])  # [T, start+T]
         causal = [T > 1 and start == 0 for start in starts]  # plain bools: compiled code specialises on them
         for i, block in enumerate(self._calls):
             x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal)

@@ -44,6 +44,11 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def first_difference(a: list[int], b: list[int]):
+    """Index of the first token where two outputs differ (the shorter length if one is a prefix); None if equal."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
 def environment() -> dict:
     return {
         "machine": platform.machine(),

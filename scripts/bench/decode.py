@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import dram_bandwidth_gbs, environment, median_time, weight_bytes, write_result  # noqa: E402
+from common import dram_bandwidth_gbs, environment, first_difference, median_time, weight_bytes, write_result  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
@@ -87,10 +87,6 @@ def run_llama_cpp(peer, gguf: Path, tokenizer, tokens: int, repeats: int, bandwi
     return {"dtype": f"llama.cpp {gguf.stem.rpartition('.')[2]}", "new_tokens": tokens, "weight_bytes": gguf.stat().st_size,
             "bandwidth_bound_tok_s": bound, "llama_cpp_tok_s": tokens / seconds,
             "llama_cpp_fraction_of_bound": tokens / seconds / bound}
-
-
-def first_difference(a: list[int], b: list[int]):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 def table(rows: list[dict]) -> str:

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, write_result  # noqa: E402
+from common import environment, first_difference, write_result  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
@@ -157,10 +157,6 @@ def copied(out: list[int], src: list[int], n: int = 8) -> float:
         if tuple(out[i:i + n]) in grams:
             hit[i:i + n] = [True] * n
     return sum(hit) / len(out) if out else 0.0
-
-
-def first_difference(a: list[int], b: list[int]):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
 def table(workloads: list[str], columns: list[str], rows: dict) -> str:

@@ -37,7 +37,7 @@ import decode  # noqa: E402
 import latency  # noqa: E402
 import shapes  # noqa: E402
 import spec  # noqa: E402
-from common import dram_bandwidth_gbs, environment, write_result  # noqa: E402
+from common import dram_bandwidth_gbs, environment, first_difference, write_result  # noqa: E402
 from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
 
 from inference_engine.config import ModelConfig  # noqa: E402
@@ -86,7 +86,7 @@ def run_workloads(f32, best, best_name: str, peer, names: list[str], k: int, max
             ref = runs[refs[c]] if refs[c] else None
             r["equal_to"] = refs[c]
             r["mismatches"] = [] if ref is None else [
-                {"request": i, "first_difference_at": spec.first_difference(o, b)}
+                {"request": i, "first_difference_at": first_difference(o, b)}
                 for i, (o, b) in enumerate(zip(r["outputs"], ref["outputs"])) if o != b]
         for r in runs.values():
             del r["outputs"], r["prompt_ids"]
