@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--session-ttl", type=float, default=float(_env("SESSION_TTL", "3600")),
                        help="seconds an idle session is kept")
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
+    serve.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "30")),
+                       help="seconds in-flight requests may finish after SIGTERM/SIGINT before they are aborted")
+    serve.add_argument("--share-cache-across-keys", action="store_true", default=_env("SHARE_CACHE_ACROSS_KEYS") == "1",
+                       help="one prefix cache and suffix index for all API keys (faster, but a side channel: "
+                            "one key can learn another's prompts from cached_tokens and speculation stats)")
     _model_args(serve)
     # its options are the suite's own (`kakeya bench --help`): main() hands them over untouched
     sub.add_parser("bench", help="run the benchmark suite (scripts/bench/suite.py) and regenerate docs/benchmarks.md",
@@ -95,12 +100,14 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_sessions=getattr(args, "max_sessions", 256),
         fast_path=not args.eager,
         compile=args.compile,
+        share_cache_across_keys=getattr(args, "share_cache_across_keys", False),
     )
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     keys = list(args.api_key or []) + [k.strip() for k in (_env("API_KEYS") or "").split(",") if k.strip()]
-    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys), grpc_port=args.grpc_port)
+    return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys), grpc_port=args.grpc_port,
+                        shutdown_grace=args.shutdown_grace)
 
 
 def build_llm(args: argparse.Namespace):
@@ -114,43 +121,11 @@ def build_llm(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
-    import threading
-
-    import uvicorn
 
     from .engine.async_engine import AsyncEngine
-    from .http.app import ServerState, create_app
+    from .serving import serve
 
-    config = server_config(args)
-    state = ServerState(config)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        grpc_server = None
-        if config.grpc_port:
-            from .rpc.server import RuntimeServer
-
-            grpc_server = RuntimeServer(state.ready, config.api_keys)
-            await grpc_server.start(f"{config.host}:{config.grpc_port}")
-
-        def load() -> None:  # both edges answer "unavailable" until this finishes
-            state.attach(AsyncEngine(build_llm(args)))
-            if grpc_server is not None:
-                asyncio.run_coroutine_threadsafe(grpc_server.refresh_health(), loop)
-            info = state.engine.llm.info
-            grpc_note = f" and grpc {config.host}:{config.grpc_port}" if grpc_server else ""
-            print(f"[kakeya] serving {info.name} on {info.device} ({info.dtype}) at "
-                  f"http://{config.host}:{config.port}/v1{grpc_note}", file=sys.stderr)
-
-        threading.Thread(target=load, name="kakeya-load", daemon=True).start()
-        try:
-            await uvicorn.Server(uvicorn.Config(create_app(state), host=config.host, port=config.port, log_level="info")).serve()
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop()
-
-    asyncio.run(main())
-    return 0
+    return asyncio.run(serve(server_config(args), lambda: AsyncEngine(build_llm(args))))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

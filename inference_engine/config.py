@@ -35,6 +35,7 @@ class EngineConfig:
     prefix_cache: bool = True           # stateless requests reuse the longest cached prefix
     fast_path: bool = True              # models/fast.py for Llama-family models; False = transformers forward
     compile: bool = False               # torch.compile the fast path's layers
+    share_cache_across_keys: bool = False  # one prefix cache and suffix index for all API keys (a side channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +46,4 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     keepalive_seconds: float = 10.0      # SSE comment pings while a long prefill runs
     grpc_port: int = 50051               # kakeya.v1 RuntimeService on `host`; 0 = off
+    shutdown_grace: float = 30.0         # seconds in-flight requests may finish after SIGTERM before abort

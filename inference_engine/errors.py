@@ -54,6 +54,18 @@ class EngineDead(EngineError):
     http_status, openai_type, code, grpc_code = 503, "server_error", "engine_unavailable", "UNAVAILABLE"
 
 
+class ShuttingDown(EngineDead):
+    """The server is draining after SIGTERM/SIGINT: no new work, in-flight work ends within the grace period."""
+
+    code = "shutting_down"
+
+
+class StepFailed(EngineError):
+    """The forward step carrying this request failed; the engine dropped it and keeps serving the rest."""
+
+    http_status, openai_type, code, grpc_code = 500, "server_error", "engine_step_failed", "INTERNAL"
+
+
 class SessionNotFound(EngineError):
     http_status, openai_type, code, grpc_code = 404, "invalid_request_error", "session_not_found", "NOT_FOUND"
 

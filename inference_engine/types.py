@@ -9,6 +9,7 @@ from typing import Callable, Optional
 class FinishReason(str, Enum):
     STOP = "stop"      # an eos/stop token, or the caller asked to stop
     LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"    # cancelled before it finished: client gone, server shutting down (vLLM's name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from inference_engine.engine.llm import LLM
 from inference_engine.http.app import ServerState, create_app
 from kakeya import (
     AsyncClient, AsyncRuntimeClient, ChatDelta, Client, ContextLengthExceeded, GenerateDone, InvalidRequest,
-    KakeyaError, Message, ModelNotFound, Overloaded, PayloadTooLarge, RuntimeClient, SessionBusy, SessionNotFound,
+    KakeyaError, Message, ModelNotFound, Overloaded, PayloadTooLarge, RuntimeClient, ServerError, SessionBusy, SessionNotFound,
     TokenChunk, TooManySessions, Unauthenticated, Unavailable,
 )
 
@@ -198,12 +198,16 @@ def test_capacity_errors(tiny_loaded):
         with pytest.raises(Overloaded) as e:
             s.generate_all(2)
         assert type(e.value) is Overloaded
-        with pytest.raises(TooManySessions) as e:
-            c.chat(CHAT, max_tokens=2, session_id="one-too-many")
-        assert e.value.code == "too_many_sessions" and e.value.retry_after == 1.0
         s.close()
         with pytest.raises(SessionNotFound):
             s.info()
+    engine.shutdown()
+    engine = _engine(tiny_loaded, max_sessions=1)  # a queue with room: the session limit is what refuses
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as http, Client(http.url) as c:
+        c.chat(CHAT, max_tokens=2, session_id="the-one")
+        with pytest.raises(TooManySessions) as e:
+            c.chat(CHAT, max_tokens=2, session_id="one-too-many")
+        assert e.value.code == "too_many_sessions" and e.value.retry_after == 1.0
     engine.shutdown()
 
 
@@ -228,9 +232,9 @@ def test_unavailable_and_payload_too_large():
 
 def test_keepalives_skipped_and_error_inside_a_stream_is_raised_typed(tiny_loaded):
     """Keep-alive comments are ignored. An error after the 200 headers travels as an SSE `error`
-    event; with a zero session TTL the session named by the request expires between the edge's
-    check and the engine's, which is such an error."""
-    engine = _engine(tiny_loaded, session_ttl=0.0)
+    event: here a real failing step (the running request's KV buffers cut to the wrong width, so
+    the next forward raises), which fails that request alone."""
+    engine = _engine(tiny_loaded)
     config = ServerConfig(keepalive_seconds=0.05)  # `: ping` comments between events, to be skipped
     with LiveServer(create_app(ServerState(config, engine))) as http, Client(http.url) as c:
         kw = dict(max_tokens=40, temperature=0, ignore_eos=True)
@@ -239,14 +243,22 @@ def test_keepalives_skipped_and_error_inside_a_stream_is_raised_typed(tiny_loade
             assert any(line.startswith(":") for line in raw.iter_lines())  # the pings really are there
         streamed = "".join(d.content for d in c.chat_stream([Message("user", "Hi")], **kw))
         assert streamed == c.chat([Message("user", "Hi")], **kw).content
-        with pytest.raises(SessionNotFound) as e:
-            for _ in c.chat_stream(CHAT, max_tokens=4, session_id="short-lived"):
-                pass
-        assert e.value.status is None and e.value.code == "session_not_found"  # in-band: no HTTP status
-        with pytest.raises(SessionNotFound) as e:
-            c.chat(CHAT, max_tokens=4, session_id="short-lived-2")
-        assert e.value.status == 404
+        with pytest.raises(ServerError) as e:
+            for _ in c.chat_stream(CHAT, max_tokens=500, ignore_eos=True, temperature=0):
+                break_running_cache(engine)
+        assert e.value.status is None and e.value.code == "engine_step_failed"  # in-band: no HTTP status
+        assert c.chat(CHAT, max_tokens=4).content is not None  # the engine kept serving
     engine.shutdown()
+
+
+def break_running_cache(engine) -> None:
+    """A real fault in the next forward: each running request's key buffers lose their last dimension."""
+    def job() -> None:
+        for r in engine.core.scheduler.running:
+            if r.cache is not None and r.cache.keys:
+                r.cache.keys = [k[..., :1] for k in r.cache.keys]
+
+    engine._call(job).result(10)
 
 
 # -- gRPC ------------------------------------------------------------------------------------

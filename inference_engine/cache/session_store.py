@@ -12,6 +12,11 @@ Invariants (tests/test_session_store.py):
   INV-2 the bytes of the caches held here never exceed max_bytes: check-in evicts least
         recently used caches first (a session evicted by bytes keeps its history and
         re-prefills next time; an evicted prefix entry disappears).
+
+Namespaces: client sessions are keyed by (tenant, id) and prefix entries by (tenant, n) in
+separate key spaces, so no client id can name (or replace) a prefix entry, and a session of
+one API key does not exist for another (404, as if never created). The tenant is "" when
+the server has no keys.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class Session:
     last_used: float = 0.0
     busy: bool = False
     anonymous: bool = False  # a prefix-cache entry, not a client's session
+    tenant: str = ""         # the API key (hashed) that owns it
 
     @property
     def kv_length(self) -> int:
@@ -70,41 +76,45 @@ class SessionStore:
         self.max_prefix_entries = max_prefix_entries
         self.clock = clock
         self._lock = threading.RLock()
-        self._entries: "OrderedDict[str, Session]" = OrderedDict()  # LRU order, oldest first
+        # LRU order, oldest first; keys ("s", tenant, id) for sessions, ("p", tenant, n) for prefixes
+        self._entries: "OrderedDict[tuple, Session]" = OrderedDict()
         self._anon_ids = itertools.count()
 
     # -- client sessions -------------------------------------------------------
 
-    def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None) -> Session:
+    def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None,
+               tenant: str = "") -> Session:
         with self._lock:
             self.expire()
             if self.num_sessions >= self.max_sessions:
                 raise TooManySessions(f"session capacity reached ({self.max_sessions}); close a session or retry later")
-            sid = session_id or f"sess-{uuid.uuid4().hex[:24]}"
-            s = Session(sid, tuple(eos_ids), label, last_used=self.clock())
-            self._entries[sid] = s
+            sid = session_id or f"sess-{uuid.uuid4().hex}"  # 128 random bits: not guessable
+            if ("s", tenant, sid) in self._entries:
+                raise SessionBusy(f"session {sid!r} already exists", "session_id")
+            s = Session(sid, tuple(eos_ids), label, last_used=self.clock(), tenant=tenant)
+            self._entries[("s", tenant, sid)] = s
             return s
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, tenant: str = "") -> Session:
         with self._lock:
             self.expire()
-            s = self._entries.get(session_id)
-            if s is None or s.anonymous:
+            s = self._entries.get(("s", tenant, session_id))
+            if s is None:
                 raise SessionNotFound(f"session {session_id!r} does not exist (closed, expired or never created)", "session_id")
             return s
 
-    def get_or_create(self, session_id: str) -> Session:
+    def get_or_create(self, session_id: str, tenant: str = "") -> Session:
         """HTTP sessions are named by the client: the first request with a new id creates it."""
         with self._lock:
             try:
-                return self.get(session_id)
+                return self.get(session_id, tenant)
             except SessionNotFound:
-                return self.create(session_id=session_id)
+                return self.create(session_id=session_id, tenant=tenant)
 
-    def idle(self, session_id: str, then: str, create: bool = False) -> Session:
+    def idle(self, session_id: str, then: str, create: bool = False, tenant: str = "") -> Session:
         """The session, refused with SessionBusy while a generate runs on it; `then` says what the client may do."""
         with self._lock:
-            s = self.get_or_create(session_id) if create else self.get(session_id)
+            s = self.get_or_create(session_id, tenant) if create else self.get(session_id, tenant)
             if s.busy:
                 raise SessionBusy(f"session {session_id!r} already has a generate in progress; {then}", "session_id")
             return s
@@ -112,16 +122,16 @@ class SessionStore:
     def idle_seconds(self, s: Session) -> float:
         return self.clock() - s.last_used
 
-    def append(self, session_id: str, token_ids: Sequence[int]) -> int:
+    def append(self, session_id: str, token_ids: Sequence[int], tenant: str = "") -> int:
         with self._lock:
-            s = self.idle(session_id, "append after it finishes")
+            s = self.idle(session_id, "append after it finishes", tenant=tenant)
             s.history.extend(token_ids)
             s.last_used = self.clock()
             return len(s.history)
 
-    def check_out(self, session_id: str) -> Session:
+    def check_out(self, session_id: str, tenant: str = "", create: bool = False) -> Session:
         with self._lock:
-            s = self.idle(session_id, "wait for it to finish or cancel it")
+            s = self.idle(session_id, "wait for it to finish or cancel it", create, tenant)
             s.busy = True
             return s
 
@@ -134,44 +144,45 @@ class SessionStore:
             s.last_used = self.clock()
             if stats is not None:
                 s.stats.add(stats)
-            if s.session_id in self._entries:
-                self._entries.move_to_end(s.session_id)
+            key = ("s", s.tenant, s.session_id)
+            if self._entries.get(key) is s:
+                self._entries.move_to_end(key)
                 self._enforce_budget()
 
-    def close(self, session_id: str) -> None:
+    def close(self, session_id: str, tenant: str = "") -> None:
         with self._lock:
-            self.idle(session_id, "cancel it first")
-            del self._entries[session_id]
+            self.idle(session_id, "cancel it first", tenant=tenant)
+            del self._entries[("s", tenant, session_id)]
 
     # -- automatic prefix cache --------------------------------------------------
 
-    def take_prefix(self, tokens: Sequence[int]) -> tuple[Optional[KVCache], int]:
-        """A cache for the longest prefix an entry shares with `tokens`, and that length. When the
-        whole entry is a prefix of `tokens` (the next turn of a conversation) the entry is moved
-        out; when they diverge part-way, the shared part is copied and the entry stays for others."""
+    def take_prefix(self, tokens: Sequence[int], tenant: str = "") -> tuple[Optional[KVCache], int]:
+        """A cache for the longest prefix an entry of this tenant shares with `tokens`, and that length.
+        When the whole entry is a prefix of `tokens` (the next turn of a conversation) the entry is
+        moved out; when they diverge part-way, the shared part is copied and the entry stays for others."""
         with self._lock:
-            best, best_len = None, 0
-            for s in self._entries.values():
-                if s.anonymous:
+            best, best_key, best_len = None, None, 0
+            for key, s in self._entries.items():
+                if s.anonymous and s.tenant == tenant:
                     n = common_prefix(s.history, tokens)
                     if n > best_len:
-                        best, best_len = s, n
+                        best, best_key, best_len = s, key, n
             if best is None:
                 return None, 0
             if best_len < best.kv_length:
-                self._entries.move_to_end(best.session_id)
+                self._entries.move_to_end(best_key)
                 return best.cache.clone_prefix(best_len), best_len
-            del self._entries[best.session_id]
+            del self._entries[best_key]
             return best.cache, best_len
 
-    def put_prefix(self, tokens: Sequence[int], cache: Optional[KVCache]) -> None:
+    def put_prefix(self, tokens: Sequence[int], cache: Optional[KVCache], tenant: str = "") -> None:
         cache = _fit(cache, tokens)
         if cache is None or cache.length == 0:
             return
         with self._lock:
-            sid = f"prefix-{next(self._anon_ids)}"
-            self._entries[sid] = Session(sid, history=list(tokens[: cache.length]), cache=cache,
-                                         last_used=self.clock(), anonymous=True)
+            n = next(self._anon_ids)
+            self._entries[("p", tenant, n)] = Session(f"prefix-{n}", history=list(tokens[: cache.length]), cache=cache,
+                                                      last_used=self.clock(), anonymous=True, tenant=tenant)
             anon = [k for k, e in self._entries.items() if e.anonymous]
             for k in anon[: max(0, len(anon) - self.max_prefix_entries)]:
                 del self._entries[k]
@@ -181,7 +192,8 @@ class SessionStore:
 
     @property
     def num_sessions(self) -> int:
-        return sum(not s.anonymous for s in self._entries.values())
+        with self._lock:
+            return sum(not s.anonymous for s in self._entries.values())
 
     @property
     def total_bytes(self) -> int:

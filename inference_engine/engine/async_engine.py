@@ -1,52 +1,141 @@
-"""AsyncEngine: the engine loop on its own thread, bridged to asyncio.
+"""AsyncEngine: the engine loop on its own thread, bridged to asyncio; the edges' only door to the core.
 
-Forward passes never run on the event loop. Callers submit work through an inbox the
-engine thread drains between steps; tokens and the final result come back through a
-per-request asyncio.Queue fed with call_soon_threadsafe.
+The core is owned by the engine thread. Everything an edge asks of it (admit a request, abort it,
+create/append/inspect/close a session) is a job the engine thread runs between steps, so no edge
+ever races the step loop, and a job's typed error reaches its caller before any response header.
+Tokens and the final result come back through a per-request asyncio.Queue (call_soon_threadsafe).
+
+Failure rules: a step that raises fails only the requests in it (StepFailed to their callers);
+an error in a job or in `on_step` is the caller's or is logged; if the thread itself ever ends,
+every pending job and stream gets EngineDead, so no caller waits forever.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Optional, Sequence, Union
 
-from ..errors import EngineDead
-from ..types import EngineResult, SamplingParams, SpeculativeParams, StepStats, TokenLogprob
+from ..errors import EngineDead, StepFailed
+from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenLogprob
 from .llm import LLM
 from .request import Request
+from .validation import Limits, check_token_ids
 
+log = logging.getLogger(__name__)
 
 Token = tuple[int, Optional[TokenLogprob]]  # a generated token id and, if asked for, its logprob
+Item = Union[Token, EngineResult, BaseException]
+MAX_FAILED_STEPS = 5  # consecutive failing steps after which the engine declares itself dead
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A snapshot of a session, taken on the engine thread."""
+
+    session_id: str
+    label: str
+    history_length: int
+    kv_cached_tokens: int
+    kv_bytes: int
+    idle_seconds: float
+    busy: bool
+    stats: SpecStats = field(default_factory=SpecStats)
 
 
 @dataclass(slots=True)
 class _Stream:
-    request: Request
     loop: asyncio.AbstractEventLoop
-    queue: "asyncio.Queue[Union[Token, EngineResult, BaseException]]"
+    queue: "asyncio.Queue[Item]"
+    request: Optional[Request] = None
 
-    def put(self, item: Union[Token, EngineResult, BaseException]) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def put(self, item: Item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+            pass
+
+
+class RequestStream:
+    """One admitted request. Iterate it for (token, logprob) pairs, then its EngineResult.
+    `cancel()` (sync) or `abort()` ends it early; both are idempotent and safe after it finished."""
+
+    def __init__(self, engine: "AsyncEngine", request_id: str, q: "asyncio.Queue[Item]"):
+        self.engine, self.request_id, self._queue = engine, request_id, q
+        self.result: Optional[EngineResult] = None
+        self._ended = False
+        self._abort: Optional[concurrent.futures.Future] = None
+
+    def __aiter__(self) -> AsyncIterator[Union[Token, EngineResult]]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Union[Token, EngineResult]]:
+        while not self._ended:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if isinstance(item, EngineResult):
+                self._ended, self.result = True, item
+            yield item
+
+    def cancel(self) -> None:
+        """Queue the abort now, without waiting: the engine frees the request before its next step."""
+        if not self._ended and self._abort is None:
+            self._abort = self.engine._call(lambda: self.engine._abort(self.request_id, notify=False))
+
+    async def abort(self) -> Optional[EngineResult]:
+        """End the request and wait until the engine has released it (its session is checked in);
+        returns its result (finish 'abort', or how it finished if it got there first)."""
+        self.cancel()
+        if self._abort is not None:
+            try:
+                result = await asyncio.shield(asyncio.wrap_future(self._abort))
+            except BaseException:  # noqa: BLE001 - cancelled again or the engine is dead: nothing to wait for
+                result = None
+            self._ended, self._abort = True, None
+            # it finished before the abort ran: its result is already queued
+            while result is None and not self._queue.empty():
+                item = self._queue.get_nowait()
+                result = item if isinstance(item, EngineResult) else None
+            self.result = self.result or result
+        return self.result
 
 
 class AsyncEngine:
     def __init__(self, llm: LLM, on_step: Optional[Callable[[StepStats], None]] = None):
         self.llm, self.core = llm, llm.core
         self.on_step = on_step
-        self._inbox: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+        self._inbox: "queue.SimpleQueue[tuple[Callable[[], object], concurrent.futures.Future]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders "is it dead?" against putting a job in the inbox
         self._wake = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self._stop = False
+        self._failed_steps = 0
         self.error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="kakeya-engine", daemon=True)
         self._thread.start()
 
+    # -- what the edges may read -------------------------------------------------
+
     @property
     def alive(self) -> bool:
         return self.error is None and self._thread.is_alive()
+
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    @property
+    def info(self):
+        return self.llm.info
+
+    @property
+    def limits(self) -> Limits:
+        return self.core.limits
 
     @property
     def num_running(self) -> int:
@@ -56,106 +145,229 @@ class AsyncEngine:
     def num_waiting(self) -> int:
         return len(self.core.scheduler.waiting)
 
-    def shutdown(self) -> None:
-        self._stop = True
-        self._wake.set()
-        self._thread.join(timeout=10)
+    @property
+    def num_active(self) -> int:
+        """Requests admitted and not yet finished, queued or decoding."""
+        return len(self._streams)
+
+    @property
+    def num_sessions(self) -> int:
+        return self.core.sessions.num_sessions
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.core.sessions.total_bytes
 
     # -- engine thread ---------------------------------------------------------
 
     def _call(self, fn: Callable[[], object]) -> "concurrent.futures.Future":
         """Run fn on the engine thread between steps; its result or exception lands in the future."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self.error is not None or self._stop:
+                fut.set_exception(self._dead())
+                return fut
+            self._inbox.put((fn, fut))
+        self._wake.set()
+        return fut
 
-        def job() -> None:
+    def _dead(self) -> EngineDead:
+        if self.error is None:
+            return EngineDead("the engine has stopped")
+        return EngineDead(f"the engine has failed ({type(self.error).__name__}: {self.error}); restart the server")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                self._run_jobs()
+                if not self.core.has_work:
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                self._step()
+        except BaseException as e:  # noqa: BLE001 - a bug in the loop itself: say so, strand nobody
+            log.exception("engine thread failed")
+            self.error = e
+        finally:
+            with self._lock:
+                self._stop = True
+            self._run_jobs(fail=True)
+            for stream in self._streams.values():
+                stream.put(self._dead())
+            self._streams.clear()
+
+    def _run_jobs(self, fail: bool = False) -> None:
+        while True:
+            try:
+                fn, fut = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue  # its caller gave up before it ran
+            if fail:
+                fut.set_exception(self._dead())
+                continue
             try:
                 fut.set_result(fn())
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 fut.set_exception(e)
 
-        if not self.alive:
-            fut.set_exception(EngineDead("the engine has stopped; restart the server"))
-            return fut
-        self._inbox.put(job)
-        self._wake.set()
-        return fut
-
-    def _run(self) -> None:
-        while not self._stop:
-            while not self._inbox.empty():
-                self._inbox.get_nowait()()
-            if not self.core.has_work:
-                self._wake.wait(0.1)
-                self._wake.clear()
-                continue
+    def _step(self) -> None:
+        try:
+            stats = self.core.step()
+        except Exception as e:  # noqa: BLE001 - fails the requests of this step, not the engine
+            self._fail_step(e)
+            return
+        self._failed_steps = 0
+        self._finish_done()
+        if self.on_step is not None:
             try:
-                stats = self.core.step()
-            except BaseException as e:  # noqa: BLE001 - a failed forward kills the engine, not the server
-                self.error = e
-                for stream in self._streams.values():
-                    stream.put(EngineDead(f"engine failure: {type(e).__name__}: {e}"))
-                self._streams.clear()
-                return
-            self._finish_done()
-            if self.on_step:
                 self.on_step(stats)
+            except Exception:  # noqa: BLE001 - metrics must never stop decoding
+                log.exception("on_step observer failed")
+
+    def _fail_step(self, e: Exception) -> None:
+        log.exception("engine step failed; failing the requests in it")
+        self._failed_steps += 1
+        error = StepFailed(f"the engine step running this request failed: {type(e).__name__}: {e}")
+        for req in list(self.core.scheduler.running):
+            self.core.fail(req)
+            stream = self._streams.pop(req.request_id, None)
+            if stream is not None:
+                stream.put(error)
+        self._finish_done()
+        if self._failed_steps >= MAX_FAILED_STEPS:
+            raise RuntimeError(f"{self._failed_steps} engine steps failed in a row; last: {type(e).__name__}: {e}") from e
 
     def _finish_done(self) -> None:
-        for rid in [rid for rid, s in self._streams.items() if s.request.finished]:
+        for rid in [rid for rid, s in self._streams.items() if s.request is not None and s.request.finished]:
             stream = self._streams.pop(rid)
             stream.put(self.llm.result(stream.request))
 
-    # -- asyncio side ----------------------------------------------------------
+    def _abort(self, request_id: str, notify: bool = True) -> Optional[EngineResult]:
+        """Engine thread: end the request if still queued or running; its stream gets the result
+        too when `notify` (a server-side abort the client must see)."""
+        stream = self._streams.pop(request_id, None)
+        req = self.core.abort(request_id)
+        if req is None:
+            return None
+        result = self.llm.result(req)
+        if notify and stream is not None:
+            stream.put(result)
+        return result
 
-    async def generate(
+    # -- asyncio side: requests ------------------------------------------------
+
+    async def add(
         self,
-        prompt_ids: Sequence[int],
+        prompt_ids: Optional[Sequence[int]],
         sampling: SamplingParams,
         spec: Optional[SpeculativeParams] = None,
         request_id: Optional[str] = None,
         session_id: Optional[str] = None,
-    ) -> AsyncIterator[Union[Token, EngineResult]]:
-        """Yields (token id, logprob or None) per generated token, then the EngineResult. Cancelling the consumer
-        (client disconnect) aborts the request on the engine within one step."""
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        holder: list[_Stream] = []
+        tenant: str = "",
+        create_session: bool = False,
+    ) -> RequestStream:
+        """Admit a request: when this returns it is queued in the engine, its session checked out;
+        a refusal (invalid, queue full, session busy or missing) raises here, before any response."""
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
 
         def on_token(tok: int) -> bool:  # engine thread, after the token's logprob was recorded
-            req = holder[0].request
-            holder[0].put((tok, req.logprobs[len(req.output_ids) - 1] if req.sampling.logprobs is not None else None))
+            req = stream.request
+            stream.put((tok, req.logprobs[len(req.output_ids) - 1] if req.sampling.logprobs is not None else None))
             return False
 
         def add() -> str:
-            req = self.core.add_request(prompt_ids, sampling, spec, on_token, request_id, session_id)
-            holder.append(_Stream(req, loop, q))
-            self._streams[req.request_id] = holder[0]
-            return req.request_id
+            stream.request = self.core.add_request(prompt_ids, sampling, spec, on_token, request_id, session_id,
+                                                   tenant, create_session)
+            self._streams[stream.request.request_id] = stream
+            return stream.request.request_id
 
-        rid = await asyncio.wrap_future(self._call(add))
-        finished = False
+        fut = self._call(add)
         try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
+            rid = await asyncio.shield(asyncio.wrap_future(fut))
+        except asyncio.CancelledError:
+            # the caller left while admission was queued: abort the request as soon as it exists
+            def undo(f: concurrent.futures.Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self._call(lambda: self._abort(f.result(), notify=False))
+
+            fut.add_done_callback(undo)
+            raise
+        return RequestStream(self, rid, stream.queue)
+
+    async def generate(
+        self,
+        prompt_ids: Optional[Sequence[int]],
+        sampling: SamplingParams,
+        spec: Optional[SpeculativeParams] = None,
+        request_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        tenant: str = "",
+    ) -> AsyncIterator[Union[Token, EngineResult]]:
+        """Yields (token id, logprob or None) per generated token, then the EngineResult. Leaving the
+        loop early (client disconnect, cancellation) aborts the request before the generator closes."""
+        stream = await self.add(prompt_ids, sampling, spec, request_id, session_id, tenant)
+        try:
+            async for item in stream:
                 yield item
-                if isinstance(item, EngineResult):
-                    finished = True
-                    return
         finally:
-            if not finished:
-                # wait until the engine has released the request, so its session is checked in
-                # before the caller answers (a client's next turn must not find it busy)
-                done = self.abort(rid)
-                try:
-                    await asyncio.shield(asyncio.wrap_future(done))
-                except BaseException:  # noqa: BLE001 - cancelled again or engine dead: nothing to wait for
-                    pass
+            await stream.abort()
 
-    def abort(self, request_id: str) -> "concurrent.futures.Future":
-        def job() -> None:
-            self._streams.pop(request_id, None)
-            self.core.abort(request_id)
+    async def abort_all(self) -> int:
+        """Server shutdown: end every queued and running request; their streams get finish 'abort'."""
+        def job() -> int:
+            rids = list(self._streams)
+            for rid in rids:
+                self._abort(rid)
+            return len(rids)
 
-        return self._call(job)
+        return await asyncio.wrap_future(self._call(job))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Abort what is in flight (callers get finish 'abort'), then stop the thread; later calls get EngineDead."""
+        if self._thread.is_alive():
+            try:
+                self._call(lambda: [self._abort(rid) for rid in list(self._streams)]).result(timeout)
+            except Exception:  # noqa: BLE001 - dead or stuck: stopping is all that is left
+                pass
+        with self._lock:
+            self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=timeout)
+
+    # -- asyncio side: sessions ------------------------------------------------
+
+    async def _job(self, fn: Callable[[], object]):
+        return await asyncio.wrap_future(self._call(fn))
+
+    def _info(self, session_id: str, tenant: str) -> SessionInfo:
+        store = self.core.sessions
+        s = store.get(session_id, tenant)
+        stats = SpecStats()
+        stats.add(s.stats)
+        return SessionInfo(s.session_id, s.label, len(s.history), s.kv_length, s.kv_bytes, store.idle_seconds(s),
+                           s.busy, stats)
+
+    async def create_session(self, eos_ids: Sequence[int] = (), label: str = "", tenant: str = "") -> SessionInfo:
+        """A new session with a server-generated (unguessable) id, owned by `tenant`."""
+        def job() -> SessionInfo:
+            check_token_ids(eos_ids, self.core.vocab_size, "eos_token_ids")
+            return self._info(self.core.sessions.create(list(eos_ids), label, tenant=tenant).session_id, tenant)
+
+        return await self._job(job)
+
+    async def session_info(self, session_id: str, tenant: str = "") -> SessionInfo:
+        return await self._job(lambda: self._info(session_id, tenant))
+
+    async def append_tokens(self, session_id: str, token_ids: Sequence[int], tenant: str = "") -> int:
+        """Extend an idle session's history; SessionBusy while a generate on it is admitted or running."""
+        def job() -> int:
+            self.core.sessions.get(session_id, tenant)  # not found before invalid ids
+            check_token_ids(token_ids, self.core.vocab_size, "token_ids")
+            return self.core.sessions.append(session_id, list(token_ids), tenant)
+
+        return await self._job(job)
+
+    async def close_session(self, session_id: str, tenant: str = "") -> None:
+        await self._job(lambda: self.core.sessions.close(session_id, tenant))

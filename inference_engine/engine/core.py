@@ -22,7 +22,7 @@ from .calibration import cost_curve
 from .request import Request
 from .sampling import adjust_logits, make_generator, position_generator, target_probs
 from .scheduler import Scheduler
-from .validation import validate
+from .validation import Limits, validate
 from .verifier import Verifier
 
 
@@ -49,11 +49,14 @@ class EngineCore:
         if draft_model is not None:
             # the draft model runs on the same fast path (or eager fallback) as the verifier
             self.proposers["draft"] = DraftModelProposer(draft_model, Verifier(draft_model, 1, config.fast_path, config.compile))
-        self.suffix = suffix
+        self.suffix = suffix  # the index of tenant "" (no API keys, or caches shared across keys)
+        self._suffixes: dict[str, SuffixProposer] = {"": suffix}
         self._controller: Optional[AdaptiveController] = None
         self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
+        self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, tuple(sorted(self.proposers)),
+                             config.max_waiting, config.speculative)
         self._ids = itertools.count()
 
     def add_request(
@@ -64,37 +67,43 @@ class EngineCore:
         on_token: Optional[TokenCallback] = None,
         request_id: Optional[str] = None,
         session_id: Optional[str] = None,
+        tenant: str = "",
+        create_session: bool = False,
     ) -> Request:
-        """Queue a request. With a session, prompt_ids=None continues the session's own history
-        (gRPC); a full prompt (HTTP) replaces it, reusing the KV of the prefix they share."""
+        """Queue a request, or raise before anything changed. With a session, prompt_ids=None continues
+        the session's own history (gRPC); a full prompt (HTTP) replaces it, reusing the KV of the
+        prefix they share. `create_session` makes a new session id (HTTP: named by the client) only
+        once the request is known to be valid. `tenant` owns sessions and partitions the caches."""
         spec = spec or self.config.speculative
-        session = self.sessions.get(session_id) if session_id is not None else None
+        session = None
+        if session_id is not None and not (create_session and prompt_ids is not None):
+            session = self.sessions.get(session_id, tenant)
         if prompt_ids is None:
             if session is None or not session.history:
                 raise InvalidRequest("the session has no tokens yet; append tokens before generating", "session_id")
-            prompt_ids = session.history
-        validate(prompt_ids, sampling, spec, self)
+            prompt_ids = list(session.history)
+        validate(prompt_ids, sampling, spec, self.limits)
+        self.scheduler.check_capacity()  # Overloaded before any session is touched
+        if session_id is not None:
+            session = self.sessions.check_out(session_id, tenant, create=create_session)  # SessionBusy
         stop = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else self.eos_ids)
         if session is not None:
             stop |= frozenset(session.eos_ids)
-        req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token)
+        req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token,
+                      tenant="" if self.config.share_cache_across_keys else tenant)
         req.generator = make_generator(sampling.seed, self.verifier.device)
-        self.scheduler.add(req)  # may refuse (Overloaded) before anything is checked out
-        self._attach_cache(req, session_id)
+        req.session = session
+        self._attach_cache(req)
+        self.scheduler.add(req)  # cannot refuse: capacity was checked above, on this same thread
         return req
 
-    def _attach_cache(self, req: Request, session_id: Optional[str]) -> None:
+    def _attach_cache(self, req: Request) -> None:
         """Give the request the KV of the longest prefix it shares with its session or the prefix cache."""
-        if session_id is not None:
-            try:
-                req.session = self.sessions.check_out(session_id)
-            except BaseException:
-                self.scheduler.remove(req)
-                raise
+        if req.session is not None:
             cache, shared = req.session.cache, common_prefix(req.session.history, req.prompt_ids)
             req.session.cache = None
         elif self.config.prefix_cache:
-            cache, shared = self.sessions.take_prefix(req.prompt_ids)
+            cache, shared = self.sessions.take_prefix(req.prompt_ids, req.tenant)
         else:
             cache, shared = None, 0
         if cache is not None:
@@ -102,13 +111,22 @@ class EngineCore:
             cache.trim(cache.length - keep)
             req.cache, req.cached_tokens = cache, keep
 
-    def abort(self, request_id: str) -> bool:
+    def abort(self, request_id: str) -> Optional[Request]:
+        """End a queued or running request now (finish 'abort'); None if it already finished."""
         req = self.scheduler.find(request_id)
         if req is None:
-            return False
-        req.finish_reason = FinishReason.STOP
+            return None
+        req.finish_reason = FinishReason.ABORT
         self._release(req)
-        return True
+        return req
+
+    def fail(self, req: Request) -> None:
+        """Drop a request whose step raised: its KV may be half-written, so a session keeps the
+        tokens emitted so far and re-prefills next turn (INV-1 holds with no cache)."""
+        req.finish_reason = req.finish_reason or FinishReason.ABORT
+        req.cache = None
+        if self.scheduler.find(req.request_id) is not None:
+            self._release(req)
 
     @property
     def has_work(self) -> bool:
@@ -134,7 +152,15 @@ class EngineCore:
         return self._controller
 
     def proposer_for(self, req: Request) -> Proposer:
+        if req.spec.method in ("suffix", "auto"):
+            return self.suffix_for(req.tenant)
         return self.proposers[req.spec.method]
+
+    def suffix_for(self, tenant: str) -> SuffixProposer:
+        """Each tenant drafts only from its own past requests: a shared index would leak prompts."""
+        if tenant not in self._suffixes:
+            self._suffixes[tenant] = SuffixProposer(self.config.suffix_cache_tokens)
+        return self._suffixes[tenant]
 
     def num_draft_tokens(self, req: Request) -> int:
         """k for this step: never draft past max_tokens or the context window; `auto` asks the controller."""
@@ -148,12 +174,13 @@ class EngineCore:
 
     def propose(self, batch: Sequence[Request]) -> list[Draft]:
         drafts: list[Draft] = [Draft([]) for _ in batch]
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str], list[int]] = {}
         for i, req in enumerate(batch):
-            groups.setdefault(req.spec.method, []).append(i)
-        for method, idx in groups.items():
+            groups.setdefault((req.spec.method, req.tenant), []).append(i)
+        for (method, _), idx in groups.items():
             ks = [self.num_draft_tokens(batch[i]) for i in idx]
-            for i, k, draft in zip(idx, ks, self.proposers[method].propose([batch[i] for i in idx], ks)):
+            proposer = self.proposer_for(batch[idx[0]])
+            for i, k, draft in zip(idx, ks, proposer.propose([batch[i] for i in idx], ks)):
                 drafts[i] = draft.truncate(k)
                 if method == "auto" and k == 0:
                     self._propose_shadow(batch[i])
@@ -163,7 +190,7 @@ class EngineCore:
         """While auto decodes plainly, the (free) first draft token is compared with what the verifier
         emits, so the controller sees acceptance recover without paying for a verify."""
         if self._draft_cap(req) > 0:
-            draft = self.proposers["auto"].propose([req], [1])[0]
+            draft = self.proposer_for(req).propose([req], [1])[0]
             if draft.tokens:
                 self._shadow[req.request_id] = draft.tokens[0]
 
@@ -227,11 +254,11 @@ class EngineCore:
         self.proposer_for(req).release(req.request_id)
         if self._controller is not None:
             self._controller.release(req.request_id)
-        self.suffix.add_sequence(req.token_ids)  # later requests may repeat this one
+        self.suffix_for(req.tenant).add_sequence(req.token_ids)  # later requests may repeat this one
         if req.session is not None:
             self.sessions.check_in(req.session, req.token_ids, req.cache, req.stats)
         elif self.config.prefix_cache:
-            self.sessions.put_prefix(req.token_ids, req.cache)
+            self.sessions.put_prefix(req.token_ids, req.cache, req.tenant)
         req.cache = None
 
 

@@ -27,6 +27,7 @@ class Request:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # filled when sampling.logprobs is set
     session: Optional[Session] = None  # checked out for this request, checked in when it ends
     cached_tokens: int = 0  # prompt tokens whose KV came from a session or the prefix cache
+    tenant: str = ""  # whose prefix cache and suffix index this request reads and feeds
 
     @property
     def token_ids(self) -> list[int]:

@@ -18,9 +18,12 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
-    def add(self, req: Request) -> None:
+    def check_capacity(self) -> None:
         if len(self.waiting) >= self.max_waiting:
             raise Overloaded(f"queue is full ({self.max_waiting} waiting requests); retry later")
+
+    def add(self, req: Request) -> None:
+        self.check_capacity()
         self.waiting.append(req)
 
     def schedule(self) -> list[Request]:

@@ -1,13 +1,23 @@
 """Request validation: every rejection is a typed error naming the offending field."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from ..errors import ContextLengthExceeded, InvalidRequest
 from ..types import SamplingParams, SpeculativeParams
 
-if TYPE_CHECKING:
-    from .core import EngineCore
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a request is validated against: the edges get this value, never the core itself."""
+
+    vocab_size: int
+    max_context: int
+    max_draft_tokens: int
+    methods: tuple[str, ...]  # speculative methods this engine serves
+    max_waiting: int
+    default_spec: SpeculativeParams
 
 
 def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
@@ -16,16 +26,16 @@ def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
         raise InvalidRequest(f"{param} token id {bad} is outside the vocabulary [0, {vocab_size})", param)
 
 
-def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, core: "EngineCore") -> None:
+def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, limits: Limits) -> None:
     if len(prompt_ids) == 0:
         raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt")
     if sp.max_tokens < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {sp.max_tokens}", "max_tokens")
-    check_token_ids(prompt_ids, core.vocab_size, "prompt")
+    check_token_ids(prompt_ids, limits.vocab_size, "prompt")
     total = len(prompt_ids) + sp.max_tokens
-    if total > core.max_context:
+    if total > limits.max_context:
         raise ContextLengthExceeded(
-            f"This model's maximum context length is {core.max_context} tokens. However, you requested "
+            f"This model's maximum context length is {limits.max_context} tokens. However, you requested "
             f"{total} tokens ({len(prompt_ids)} in the prompt, {sp.max_tokens} for the completion). "
             "Please reduce the prompt or max_tokens.",
             "max_tokens",
@@ -43,14 +53,14 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
     for name in ("presence_penalty", "frequency_penalty"):
         if not -2.0 <= getattr(sp, name) <= 2.0:
             raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(sp, name)}", name)
-    bad_bias = next((t for t, _ in sp.logit_bias if not 0 <= t < core.vocab_size), None)
+    bad_bias = next((t for t, _ in sp.logit_bias if not 0 <= t < limits.vocab_size), None)
     if bad_bias is not None:
-        raise InvalidRequest(f"logit_bias token id {bad_bias} is outside the vocabulary [0, {core.vocab_size})", "logit_bias")
-    if spec.method not in core.proposers:
-        known = ", ".join(sorted(core.proposers))
+        raise InvalidRequest(f"logit_bias token id {bad_bias} is outside the vocabulary [0, {limits.vocab_size})", "logit_bias")
+    if spec.method not in limits.methods:
+        known = ", ".join(limits.methods)
         raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")
-    if not 0 <= spec.num_draft_tokens <= core.config.max_draft_tokens:
+    if not 0 <= spec.num_draft_tokens <= limits.max_draft_tokens:
         raise InvalidRequest(
-            f"num_draft_tokens must be in [0, {core.config.max_draft_tokens}], got {spec.num_draft_tokens}",
+            f"num_draft_tokens must be in [0, {limits.max_draft_tokens}], got {spec.num_draft_tokens}",
             "speculative.num_draft_tokens",
         )

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+import asyncio
+from typing import Awaitable, Optional, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
-from ..config import ServerConfig
-from ..engine.async_engine import AsyncEngine
-from ..engine.validation import validate
 from ..auth import check_bearer
-from ..cache.session_store import Session, SessionStore
-from ..errors import EngineDead, InvalidRequest, ModelNotFound, Overloaded, PayloadTooLarge
+from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine, RequestStream, SessionInfo
+from ..engine.validation import validate
+from ..errors import EngineDead, EngineError, InvalidRequest, ModelNotFound, PayloadTooLarge, ShuttingDown
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
@@ -22,29 +22,38 @@ from .generation import ChoiceEnd, run_choice
 from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
 
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
+
 
 class ServerState:
-    """What the routes need; `engine` is None while the model loads."""
+    """What the routes need; `engine` is None while the model loads. `draining` is set on SIGTERM:
+    both edges then refuse new work (503 / UNAVAILABLE) while in-flight requests finish."""
 
     def __init__(self, config: ServerConfig, engine: Optional[AsyncEngine] = None):
         self.config = config
         self.engine: Optional[AsyncEngine] = None
         self.metrics: Optional[Metrics] = None
+        self.draining = False
+        self.load_error: Optional[str] = None
         if engine is not None:
             self.attach(engine)
 
     def attach(self, engine: AsyncEngine) -> None:
-        store = engine.core.sessions
         self.metrics = Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
-                               lambda: store.num_sessions, lambda: store.total_bytes)
+                               lambda: engine.num_sessions, lambda: engine.cache_bytes)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
     def ready(self) -> AsyncEngine:
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry against another instance")
+        if self.load_error is not None:
+            raise EngineDead(f"the model failed to load: {self.load_error}")
         if self.engine is None:
             raise EngineDead("the model is still loading; retry shortly")
         if not self.engine.alive:
-            raise EngineDead("the engine has failed; restart the server")
+            raise EngineDead(self.engine._dead().message)
         return self.engine
 
 
@@ -52,20 +61,14 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="Kakeya", description="OpenAI-compatible local inference with lossless speculative decoding")
     errors.install(app)
     app.state.kakeya = state
+    app.add_middleware(_BodyLimit, limit=state.config.max_body_bytes)
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > state.config.max_body_bytes:
-            e = PayloadTooLarge(f"request body is {length} bytes; the limit is {state.config.max_body_bytes}")
-            return errors.engine_error_response(e)
-        return await call_next(request)
-
-    def auth(request: Request) -> None:
+    def auth(request: Request) -> str:
+        """The caller's tenant: the hashed key it authenticated with ("" when the server has no keys)."""
         keys = state.config.api_keys
         if not keys:
-            return
-        check_bearer(request.headers.get("authorization", ""), keys, "`Authorization: Bearer <key>`")
+            return ""
+        return check_bearer(request.headers.get("authorization", ""), keys, "`Authorization: Bearer <key>`")
 
     @app.get("/healthz")
     async def healthz():
@@ -73,7 +76,7 @@ def create_app(state: ServerState) -> FastAPI:
             engine = state.ready()
         except EngineDead as e:
             return errors.engine_error_response(e)
-        return {"status": "ok", "model": engine.llm.info.name}
+        return {"status": "ok", "model": engine.info.name}
 
     @app.get("/metrics")
     async def metrics():
@@ -91,71 +94,88 @@ def create_app(state: ServerState) -> FastAPI:
         _check_model(engine, model_id)
         return _model_card(engine)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
-    async def chat(body: ChatCompletionRequest, request: Request):
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
         kwargs = dict(body.chat_template_kwargs or {})
         prompt = apply_chat_template(
-            engine.llm.tokenizer, [m.to_template() for m in body.messages], tools=body.tools,
+            engine.tokenizer, [m.to_template() for m in body.messages], tools=body.tools,
             enable_thinking=kwargs.get("enable_thinking"),
         )
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _complete(state, engine, body, prompt, max_tokens, chat=True, session=_session(engine, body, request))
+        return await _complete(state, engine, body, prompt, max_tokens, request, tenant, chat=True)
 
-    @app.post("/v1/completions", dependencies=[Depends(auth)])
-    async def completions(body: CompletionRequest, request: Request):
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        tok = engine.llm.tokenizer
+        tok = engine.tokenizer
         prompt = list(body.prompt) if isinstance(body.prompt, list) else tok(body.prompt, add_special_tokens=False)["input_ids"]
-        return await _complete(state, engine, body, prompt, body.max_tokens, chat=False, session=_session(engine, body, request))
+        return await _complete(state, engine, body, prompt, body.max_tokens, request, tenant, chat=False)
 
-    @app.get("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
-    async def get_session(session_id: str):
-        store = state.ready().core.sessions
-        return session_info(store.get(session_id), store)
+    @app.post("/v1/sessions")
+    async def create_session(tenant: str = Depends(auth)):
+        """A session with a server-generated, unguessable id (client-named ids are created on first use)."""
+        return session_info(await state.ready().create_session(tenant=tenant))
 
-    @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(auth)])
-    async def delete_session(session_id: str):
-        state.ready().core.sessions.close(session_id)
+    @app.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str, tenant: str = Depends(auth)):
+        return session_info(await state.ready().session_info(session_id, tenant))
+
+    @app.delete("/v1/sessions/{session_id}")
+    async def delete_session(session_id: str, tenant: str = Depends(auth)):
+        await state.ready().close_session(session_id, tenant)
         return {"id": session_id, "object": "session.deleted", "deleted": True}
 
     return app
 
 
-def _session(engine: AsyncEngine, body, request: Request) -> Optional[str]:
-    """The session named by the body's `session_id` or the `X-Session-Id` header; created on first use."""
+class _BodyLimit:
+    """Refuses an oversized body by its Content-Length before reading it (pure ASGI, so streaming
+    responses and disconnect detection pass through untouched)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                e = PayloadTooLarge(f"request body is {int(length)} bytes; the limit is {self.limit}")
+                return await errors.engine_error_response(e)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _session(body, request: Request) -> Optional[str]:
+    """The session named by the body's `session_id` or the `X-Session-Id` header (created on first use)."""
     sid = body.session_id or request.headers.get("x-session-id")
-    if sid is None:
-        return None
-    if body.n != 1:
+    if sid is not None and body.n != 1:
         raise InvalidRequest("a session continues one conversation: n must be 1 with session_id", "n")
-    engine.core.sessions.idle(sid, "wait for it to finish or cancel it", create=True)  # refuse before any SSE header
     return sid
 
 
-def session_info(s: Session, store: SessionStore) -> dict:
+def session_info(s: SessionInfo) -> dict:
     return {
-        "id": s.session_id, "object": "session", "history_length": len(s.history), "kv_cached_tokens": s.kv_length,
-        "kv_bytes": s.kv_bytes, "idle_seconds": round(store.idle_seconds(s), 3), "busy": s.busy,
-        "speculative": spec_dict(s.stats),
+        "id": s.session_id, "object": "session", "history_length": s.history_length,
+        "kv_cached_tokens": s.kv_cached_tokens, "kv_bytes": s.kv_bytes, "idle_seconds": round(s.idle_seconds, 3),
+        "busy": s.busy, "speculative": spec_dict(s.stats),
     }
 
 
 def _model_card(engine: AsyncEngine) -> dict:
-    info = engine.llm.info
+    info = engine.info
     return {"id": info.name, "object": "model", "created": 0, "owned_by": "kakeya", "max_model_len": info.max_context}
 
 
 def _check_model(engine: AsyncEngine, model: Optional[str]) -> None:
-    if model is not None and model != engine.llm.info.name:
-        raise ModelNotFound(f"the model '{model}' does not exist; this server serves '{engine.llm.info.name}'", "model")
+    if model is not None and model != engine.info.name:
+        raise ModelNotFound(f"the model '{model}' does not exist; this server serves '{engine.info.name}'", "model")
 
 
 def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEngine, index: int) -> SamplingParams:
     if max_tokens is None:
-        max_tokens = max(1, engine.llm.info.max_context - prompt_len)
+        max_tokens = max(1, engine.limits.max_context - prompt_len)
     try:
         bias = tuple((int(t), float(b)) for t, b in (body.logit_bias or {}).items())
     except ValueError:
@@ -169,7 +189,7 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
 
 
 def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
-    default = engine.core.config.speculative
+    default = engine.limits.default_spec
     opt = body.speculative
     if opt is None:
         return default
@@ -177,36 +197,41 @@ def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
                              default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
 
 
-async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, chat: bool,
-                    session: Optional[str] = None):
-    if not prompt:
-        raise InvalidRequest("prompt is empty: at least one prompt token is required", "messages" if chat else "prompt")
-    if not chat and isinstance(body.prompt, str) and max_tokens is None:
-        max_tokens = 16  # OpenAI's default for /v1/completions
-    # Validate every choice up front so a bad request is a 400, never a broken stream.
-    params = [_sampling(body, len(prompt), max_tokens, engine, i) for i in range(body.n)]
-    spec = _spec(body, engine)
-    validate(prompt, params[0], spec, engine.core)
-    sched = engine.core.scheduler
-    if engine.num_waiting + body.n > sched.max_waiting:  # refuse before any header is sent
-        raise Overloaded(f"queue is full ({sched.max_waiting} waiting requests); retry later")
-    t0 = time.perf_counter()
+async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, request: Request,
+                    tenant: str, chat: bool):
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-    tools = chat and bool(body.tools) and body.tool_choice != "none"
-    out = Completion(chat, engine.llm.info.name, len(prompt), body.n, engine.llm.tokenizer, tools,
-                     body.num_logprobs is not None, body.return_token_ids)
-    streams = [run_choice(engine, prompt, p, spec, body.stop_list, session) for p in params]
+    t0 = time.perf_counter()
 
-    def record(ends: list[ChoiceEnd], status: int = 200) -> None:
+    def record(ends: list[ChoiceEnd], status: int = 200, reason: Optional[str] = None) -> None:
         firsts = [e.first_token_at for e in ends if e.first_token_at]
-        reason = ends[0].finish_reason if ends else "error"
+        reason = reason or (ends[0].finish_reason if ends else "error")
         state.metrics.observe_request(endpoint, status, reason, len(prompt), sum(e.completion_tokens for e in ends),
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
                                       [g for e in ends for g in e.token_gaps])
 
+    try:
+        streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)
+    except EngineError as e:  # refused before anything was sent: counted, then the error envelope
+        record([], e.http_status)
+        raise
+    tools = chat and bool(body.tools) and body.tool_choice != "none"
+    out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, tools,
+                     body.num_logprobs is not None, body.return_token_ids)
+    choices = [run_choice(s, engine.tokenizer, body.stop_list) for s in streams]
+
     if not body.stream:
-        echo = engine.llm.tokenizer.decode(prompt) if not chat and body.echo else ""
-        response, ends = await out.collect(streams, echo)
+        echo = engine.tokenizer.decode(prompt) if not chat and body.echo else ""
+        try:
+            response, ends = await _unless_disconnected(request, out.collect(choices, echo))
+        except _ClientGone:
+            record([], 499, "abort")  # nginx's "client closed request": nobody reads this response
+            return Response(status_code=499)
+        finally:
+            for s in streams:
+                s.cancel()
+        if any(e.finish_reason == "abort" for e in ends):  # aborted by the server (shutdown), not by the client
+            record(ends, 503)
+            raise ShuttingDown("the server shut down before the request finished; retry it")
         record(ends)
         return JSONResponse(response)
 
@@ -214,11 +239,73 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
 
     async def events():
         try:
-            async for event in out.stream(streams, include_usage, record):
+            async for event in out.stream(choices, include_usage, record):
                 yield event
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+            record([], 200, "abort")
+            raise
         except Exception as e:  # noqa: BLE001 - after headers are sent, errors travel in-band
             record([], getattr(e, "http_status", 500))
             yield {"event": "error", "data": errors.sse_error(e)}
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(events(), ping=state.config.keepalive_seconds)
+    return _Events(events(), streams, ping=state.config.keepalive_seconds)
+
+
+async def _admit(engine: AsyncEngine, body, prompt: list[int], max_tokens, request: Request, tenant: str,
+                 chat: bool) -> list[RequestStream]:
+    """Validate every choice and admit it to the engine before any header is sent, so that a bad
+    request is a 400, a busy session a 409 and a full queue a 429 — never a broken stream."""
+    if not prompt:
+        raise InvalidRequest("prompt is empty: at least one prompt token is required", "messages" if chat else "prompt")
+    if not chat and isinstance(body.prompt, str) and max_tokens is None:
+        max_tokens = 16  # OpenAI's default for /v1/completions
+    params = [_sampling(body, len(prompt), max_tokens, engine, i) for i in range(body.n)]
+    spec = _spec(body, engine)
+    validate(prompt, params[0], spec, engine.limits)
+    session = _session(body, request)
+    streams: list[RequestStream] = []
+    try:
+        for p in params:
+            streams.append(await engine.add(prompt, p, spec, session_id=session, tenant=tenant, create_session=True))
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (which aborts its engine requests) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class _Events(EventSourceResponse):
+    """SSE whose engine requests are aborted however the response ends, even if the body
+    generator never started (a client that left right after the headers)."""
+
+    def __init__(self, content, streams: list[RequestStream], **kwargs):
+        super().__init__(content, **kwargs)
+        self.streams = streams
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for s in self.streams:
+                s.cancel()

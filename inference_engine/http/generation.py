@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional, Sequence, Union
 
-from ..engine.async_engine import AsyncEngine
+from ..engine.async_engine import RequestStream
 from ..tokenizer import StopMatcher, StreamingDetokenizer
-from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, TokenLogprob
+from ..types import EngineResult, SpecStats, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -31,21 +31,13 @@ class ChoiceEnd:
 Piece = Union[Delta, ChoiceEnd]
 
 
-async def run_choice(
-    engine: AsyncEngine,
-    prompt_ids: Sequence[int],
-    sampling: SamplingParams,
-    spec: Optional[SpeculativeParams],
-    stops: Sequence[str],
-    session_id: Optional[str] = None,
-) -> AsyncIterator[Piece]:
+async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> AsyncIterator[Piece]:
     """Yields Deltas, then one ChoiceEnd. A stop string ends the request early (finish 'stop');
-    no part of it is ever yielded."""
-    detok, matcher = StreamingDetokenizer(engine.llm.tokenizer), StopMatcher(stops)
+    no part of it is ever yielded. However the consumer leaves, the engine request is aborted."""
+    detok, matcher = StreamingDetokenizer(tokenizer), StopMatcher(stops)
     ids, first, last, pending, gaps = [], None, 0.0, [], []
-    gen = engine.generate(prompt_ids, sampling, spec, session_id=session_id)
     try:
-        async for item in gen:
+        async for item in stream:
             if isinstance(item, EngineResult):
                 tail = matcher.push(detok.flush()) + matcher.flush()
                 if tail or pending:
@@ -67,10 +59,14 @@ async def run_choice(
                 yield Delta(text, pending)
                 pending = []
             if matcher.stopped:
-                yield ChoiceEnd("stop", len(ids), SpecStats(), first, gaps, token_ids=ids)
+                # the engine's own accounting (drafts, cached prompt tokens) of what it did until the stop
+                result = await stream.abort()
+                spec, cached = (result.spec, result.usage.cached_tokens) if result else (SpecStats(), 0)
+                yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids)
                 return
     finally:
-        await gen.aclose()  # aborts the engine request if it is still running
+        stream.cancel()  # at once, even if this task is being cancelled
+        await stream.abort()
 
 
 async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
@@ -105,3 +101,4 @@ async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tu
     finally:
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each choice has aborted its engine request

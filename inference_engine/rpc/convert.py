@@ -1,7 +1,7 @@
 """Protobuf ⇄ core dataclasses, converted once at the edge (from_pb / to_pb)."""
 from __future__ import annotations
 
-from ..cache.session_store import Session
+from ..engine.async_engine import SessionInfo
 from ..errors import InvalidRequest
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
 from .pb.kakeya.v1 import runtime_pb2 as pb
@@ -43,8 +43,9 @@ def done_to_pb(r: EngineResult, history_length: int, ttft: float, total: float) 
     ))
 
 
-def info_to_pb(s: Session, idle_seconds: float) -> pb.SessionInfo:
+def info_to_pb(s: SessionInfo) -> pb.SessionInfo:
     return pb.SessionInfo(
-        session_id=s.session_id, client_label=s.label, history_length=len(s.history), kv_cached_tokens=s.kv_length,
-        kv_bytes=s.kv_bytes, idle_seconds=idle_seconds, busy=s.busy, speculative=stats_to_pb(s.stats),
+        session_id=s.session_id, client_label=s.label, history_length=s.history_length,
+        kv_cached_tokens=s.kv_cached_tokens, kv_bytes=s.kv_bytes, idle_seconds=s.idle_seconds, busy=s.busy,
+        speculative=stats_to_pb(s.stats),
     )

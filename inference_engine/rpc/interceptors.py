@@ -1,6 +1,7 @@
 """The one place gRPC statuses come from: bearer-key auth and the EngineError → status mapping."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Sequence
 
 import grpc
@@ -9,6 +10,7 @@ from ..auth import check_bearer
 from ..errors import EngineError
 
 PUBLIC = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # like /healthz over HTTP: no key needed
+TENANT: ContextVar[str] = ContextVar("kakeya_tenant", default="")  # the caller's tenant, set per call by guard()
 
 
 def _status(e: EngineError) -> grpc.StatusCode:
@@ -28,8 +30,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         keys, metadata = self.api_keys, details.invocation_metadata
 
         def guard():
+            tenant = ""
             if keys:
-                check_bearer(dict(metadata or ()).get("authorization", ""), keys, "metadata `authorization: Bearer <key>`")
+                tenant = check_bearer(dict(metadata or ()).get("authorization", ""), keys,
+                                      "metadata `authorization: Bearer <key>`")
+            TENANT.set(tenant)
 
         if handler.unary_unary:
             inner = handler.unary_unary

@@ -8,55 +8,53 @@ import time
 from typing import AsyncIterator, Callable
 
 from ..engine.async_engine import AsyncEngine
-from ..engine.validation import check_token_ids
 from ..tokenizer import StreamingDetokenizer
 from ..types import EngineResult
 from .convert import done_to_pb, info_to_pb, sampling_from_pb, spec_from_pb
+from .interceptors import TENANT
 from .pb.kakeya.v1 import runtime_pb2 as pb
 from .pb.kakeya.v1 import runtime_pb2_grpc as pb_grpc
 
 
 class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
     def __init__(self, engine: Callable[[], AsyncEngine]):
-        self.engine = engine  # raises EngineDead while the model loads or after a failure
+        self.engine = engine  # raises EngineDead while the model loads, after a failure, or while draining
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
-        core = self.engine().core
-        check_token_ids(request.eos_token_ids, core.vocab_size, "eos_token_ids")
-        s = core.sessions.create(list(request.eos_token_ids), request.client_label)
+        s = await self.engine().create_session(list(request.eos_token_ids), request.client_label, TENANT.get())
         return pb.CreateSessionResponse(session_id=s.session_id)
 
     async def AppendTokens(self, request: pb.AppendTokensRequest, context) -> pb.AppendTokensResponse:
-        core = self.engine().core
-        core.sessions.get(request.session_id)  # NOT_FOUND before INVALID_ARGUMENT
-        check_token_ids(request.token_ids, core.vocab_size, "token_ids")  # before anything changes
-        return pb.AppendTokensResponse(history_length=core.sessions.append(request.session_id, list(request.token_ids)))
+        n = await self.engine().append_tokens(request.session_id, list(request.token_ids), TENANT.get())
+        return pb.AppendTokensResponse(history_length=n)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         engine = self.engine()
         sampling = sampling_from_pb(request)
-        spec = spec_from_pb(request.speculative, engine.core.config.speculative)
-        detok = StreamingDetokenizer(engine.llm.tokenizer)
+        spec = spec_from_pb(request.speculative, engine.limits.default_spec)
+        detok = StreamingDetokenizer(engine.tokenizer)
         t0, first = time.perf_counter(), None
-        # cancelling this RPC cancels the generator, which aborts the engine request within a step
-        async for item in engine.generate(None, sampling, spec, session_id=request.session_id):
-            if isinstance(item, EngineResult):
-                tail = detok.flush()
-                if tail:
-                    yield pb.GenerateResponse(tokens=pb.TokenChunk(text=tail))
-                history = len(engine.core.sessions.get(request.session_id).history)
-                now = time.perf_counter()
-                yield done_to_pb(item, history, (first or now) - t0, now - t0)
-                return
-            token, _ = item
-            first = first or time.perf_counter()
-            yield pb.GenerateResponse(tokens=pb.TokenChunk(token_ids=[token], text=detok.push(token)))
+        # admitted (session checked out) before the first frame; cancelling the RPC aborts it within a step
+        stream = await engine.add(None, sampling, spec, session_id=request.session_id, tenant=TENANT.get())
+        try:
+            async for item in stream:
+                if isinstance(item, EngineResult):
+                    tail = detok.flush()
+                    if tail:
+                        yield pb.GenerateResponse(tokens=pb.TokenChunk(text=tail))
+                    now = time.perf_counter()
+                    history = item.usage.prompt_tokens + item.usage.completion_tokens  # the session's new history
+                    yield done_to_pb(item, history, (first or now) - t0, now - t0)
+                    return
+                token, _ = item
+                first = first or time.perf_counter()
+                yield pb.GenerateResponse(tokens=pb.TokenChunk(token_ids=[token], text=detok.push(token)))
+        finally:
+            await stream.abort()
 
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
-        self.engine().core.sessions.close(request.session_id)
+        await self.engine().close_session(request.session_id, TENANT.get())
         return pb.CloseSessionResponse()
 
     async def GetSessionInfo(self, request: pb.GetSessionInfoRequest, context) -> pb.SessionInfo:
-        store = self.engine().core.sessions
-        s = store.get(request.session_id)
-        return info_to_pb(s, store.idle_seconds(s))
+        return info_to_pb(await self.engine().session_info(request.session_id, TENANT.get()))

@@ -11,7 +11,7 @@ from .async_runtime import AsyncRuntimeClient, AsyncRuntimeSession
 from .client import ChatSession, Client
 from .errors import (
     ContextLengthExceeded, InvalidRequest, KakeyaError, ModelNotFound, Overloaded, PayloadTooLarge, SessionBusy,
-    SessionNotFound, TooManySessions, Unauthenticated, Unavailable, error_from_grpc, error_from_http,
+    ServerError, SessionNotFound, TooManySessions, Unauthenticated, Unavailable, error_from_grpc, error_from_http,
 )
 from .runtime import RuntimeClient, RuntimeSession
 from .runtime_types import (
@@ -31,7 +31,7 @@ __all__ = [
     "Frame",
     # errors
     "KakeyaError", "InvalidRequest", "ContextLengthExceeded", "ModelNotFound", "SessionNotFound", "SessionBusy",
-    "Unauthenticated", "PayloadTooLarge", "Overloaded", "TooManySessions", "Unavailable",
+    "Unauthenticated", "PayloadTooLarge", "Overloaded", "TooManySessions", "Unavailable", "ServerError",
     "error_from_http", "error_from_grpc",
     "__version__",
 ]

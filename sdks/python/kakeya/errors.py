@@ -89,8 +89,14 @@ class TooManySessions(Overloaded):
 
 
 class Unavailable(KakeyaError):
-    """The model is still loading, failed to load, or the engine died (or the server is unreachable)."""
+    """The model is still loading, failed to load, the engine died, the server is shutting down
+    (or it is unreachable)."""
     http_status = 503
+
+
+class ServerError(KakeyaError):
+    """The server failed this request (e.g. the engine step running it raised); it keeps serving others."""
+    http_status = 500
 
 
 _BY_CODE: dict[str, type[KakeyaError]] = {
@@ -104,13 +110,15 @@ _BY_CODE: dict[str, type[KakeyaError]] = {
     "too_many_sessions": TooManySessions,
     "engine_unavailable": Unavailable,
     "model_load_error": Unavailable,
+    "shutting_down": Unavailable,
+    "engine_step_failed": ServerError,
 }
 
 # A status alone is ambiguous only for 404 (model vs session), which is why the code wins;
 # 404 without a known code is an unknown route, not a missing model or session.
 _BY_STATUS: dict[int, type[KakeyaError]] = {
     400: InvalidRequest, 401: Unauthenticated, 409: SessionBusy, 413: PayloadTooLarge,
-    422: InvalidRequest, 429: Overloaded, 503: Unavailable,
+    422: InvalidRequest, 429: Overloaded, 500: ServerError, 503: Unavailable,
 }
 
 _BY_GRPC: dict[grpc.StatusCode, type[KakeyaError]] = {
@@ -120,6 +128,7 @@ _BY_GRPC: dict[grpc.StatusCode, type[KakeyaError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.INTERNAL: ServerError,
 }
 
 
