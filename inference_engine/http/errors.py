@@ -24,15 +24,30 @@ def engine_error_response(e: EngineError) -> JSONResponse:
     return JSONResponse(engine_error_body(e), status_code=e.http_status, headers=headers)
 
 
+def _param_path(loc) -> list[str]:
+    """The field path of an error: pydantic's "body" root and union member tags (`str`,
+    `list[int]`, ...) are not fields a client sent, so they are left out."""
+    return [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    errs = exc.errors() or [{"msg": "invalid request", "loc": ()}]
+    # Of the errors on the first bad field, the deepest says most (a union reports one per member).
+    first = _param_path(errs[0].get("loc", ()))
+    err = max((e for e in errs if _param_path(e.get("loc", ()))[:len(first)] == first),
+              key=lambda e: len(_param_path(e.get("loc", ()))))
+    loc = _param_path(err.get("loc", ()))
     param = ".".join(loc) or None
     if err.get("type") == "json_invalid":
         msg = f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
     else:
         msg = f"{param or 'body'}: {err['msg']}"
-    return JSONResponse(envelope(msg, "invalid_request_error", param, None), status_code=400)
+    # OpenAI's code for an absent required field (e.g. a user message without content).
+    code = "missing_required_parameter" if err.get("type") == "missing" else None
+    return JSONResponse(envelope(msg, "invalid_request_error", param, code), status_code=400)
 
 
 def install(app: FastAPI) -> None:

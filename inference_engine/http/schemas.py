@@ -1,9 +1,10 @@
 """OpenAI wire format (the subset Kakeya honours). Unknown fields are ignored, as OpenAI does."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Lenient(BaseModel):
@@ -15,20 +16,97 @@ class TextPart(_Lenient):
     text: str
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Lenient):
+    """A call an assistant turn made; chat templates read `function.name`/`.arguments` and fail
+    on anything less, so the shape is checked here (a 400, not a template crash)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(_Lenient):
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+
+
+class ToolDefinition(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+def _check_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    ToolDefinition.model_validate(tool)  # errors are located under tools.<i>
+    return tool
+
+
+_Tool = Annotated[dict[str, Any], AfterValidator(_check_tool)]
+_TOOLS_SCHEMA = {"anyOf": [{"type": "array", "items": {
+    "type": "object", "required": ["function"],
+    "properties": {"type": {"const": "function"}, "function": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "parameters": {"type": "object"}}}},
+}}, {"type": "null"}]}
+
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}  # present: not null, not []
+
+
 class ChatMessage(_Lenient):
+    """OpenAI's per-role rules: every role needs `content` except an assistant turn that carries
+    `tool_calls`; a tool turn also needs `tool_call_id`. Fields are ordered so each check sees
+    the fields it depends on (pydantic validates in declaration order)."""
+
+    # The same rules in /openapi.json, so clients (and the fuzz test's generator) can see them.
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}, "content": _CONTENT},
+         "required": ["content"]},
+        {"properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
+         "required": ["tool_calls"]},
+        {"properties": {"role": {"const": "tool"}, "content": _CONTENT, "tool_call_id": {"type": "string"}},
+         "required": ["content", "tool_call_id"]},
+    ]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[TextPart]]] = None
     name: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
-    tool_call_id: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
+    tool_call_id: Optional[str] = Field(default=None, validate_default=True)
+    content: Optional[Union[str, list[TextPart]]] = Field(default=None, validate_default=True)
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_needs_id(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None and info.data.get("role") == "tool":
+            raise PydanticCustomError("missing", "a tool message needs tool_call_id (the id of the call it answers)")
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _content_required(cls, v, info: ValidationInfo):
+        role = info.data.get("role")  # absent when role itself failed; that error is reported instead
+        if role is None:
+            return v
+        if isinstance(v, list) and not v:
+            raise PydanticCustomError("too_short", "content must not be an empty array")
+        if v is None and not (role == "assistant" and info.data.get("tool_calls")):
+            need = "an assistant message needs content or tool_calls" if role == "assistant" else f"a {role} message needs content"
+            raise PydanticCustomError("missing", need)
+        return v
 
     def to_template(self) -> dict[str, Any]:
         """The dict a chat template expects: content as one string."""
         content = self.content if isinstance(self.content, str) or self.content is None else "".join(p.text for p in self.content)
         msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
-        for key in ("name", "tool_calls", "tool_call_id"):
+        for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
                 msg[key] = getattr(self, key)
+        if self.tool_calls is not None:
+            msg["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         return msg
 
 
@@ -59,7 +137,7 @@ class _SamplingFields(_Lenient):
     speculative: Optional[SpeculativeOptions] = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: Optional[dict[str, float]] = None
+    logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100)]]] = None  # OpenAI's range
     session_id: Optional[str] = Field(default=None, min_length=1, max_length=128)  # extension: keep KV between turns
     return_token_ids: bool = False  # extension (as vLLM): each choice carries its generated token ids
     ignore_eos: bool = False        # extension (as vLLM): generate max_tokens whatever the model says
@@ -72,7 +150,8 @@ class _SamplingFields(_Lenient):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = None
-    tools: Optional[list[dict[str, Any]]] = None
+    # Kept as the client's dicts (they go to the chat template as sent); only their shape is checked.
+    tools: Annotated[Optional[list[_Tool]], WithJsonSchema(_TOOLS_SCHEMA)] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
     logprobs: bool = False
@@ -84,7 +163,9 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[int]]
+    # minLength/minItems only document it (each applies to its own type); the route refuses an
+    # empty prompt with its own message.
+    prompt: Union[str, list[int]] = Field(json_schema_extra={"minLength": 1, "minItems": 1})
     echo: bool = False
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
