@@ -14,7 +14,7 @@ from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.engine.verifier import Verifier
 from inference_engine.models import LoadedModel
-from inference_engine.models.quantize import Int4Linear, Int8Linear, fuse, quantize
+from inference_engine.models.quantize import Int4Linear, Int8Linear, effective_weight, fuse, quantize
 from inference_engine.types import SamplingParams, SpeculativeParams
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
@@ -89,22 +89,37 @@ def test_compiled_equals_eager(tiny_loaded):
     assert _generate(tiny_loaded, True, n=24, compile=True) == _generate(tiny_loaded, False, n=24)
 
 
+@pytest.mark.parametrize("bias, dtype", [(False, torch.float32), (True, torch.bfloat16)])
 @pytest.mark.parametrize("kind", ["linear", "int8", "int4"])
-def test_fuse_keeps_originals_as_views(kind):
+def test_fuse_keeps_originals_as_views(kind, bias, dtype):
+    """Fused == the layers side by side, bit for bit; the originals still compute what they did and
+    hold no copy of the weights. Widths 64+16+48 put rows 64 and 80 at the seams, off the packed
+    int4 layout's row blocks under AVX2 (32) and AVX-512 (64) alike."""
     torch.manual_seed(0)
-    layers = [nn.Linear(64, n, bias=False) for n in (64, 32, 32)]
+    layers = [nn.Linear(64, n, bias=bias).to(dtype) for n in (64, 16, 48)]
     if kind == "int8":
         layers = [Int8Linear(m) for m in layers]
     elif kind == "int4":
         layers = [Int4Linear.from_linear(m) for m in layers]
-    x = torch.randn(3, 64)
+    x = torch.randn(3, 64, dtype=dtype)
     before = [m(x) for m in layers]
+    weights = [effective_weight(m) for m in layers] if kind != "linear" else [m.weight.clone() for m in layers]
     fused = fuse(layers)
     torch.testing.assert_close(fused(x), torch.cat(before, dim=-1), rtol=0, atol=0)
-    for m, y in zip(layers, before):  # the originals still compute what they did, from the fused storage
+    refused = fuse(layers)  # a second fast path on the same model fuses the fused originals again
+    torch.testing.assert_close(refused(x), fused(x), rtol=0, atol=0)
+    storages = {}  # every weight of the originals and the fused layer, by storage
+    for m, y, w in zip(layers, before, weights):
         torch.testing.assert_close(m(x), y, rtol=0, atol=0)
-        assert m.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
-    assert fuse([layers[0], nn.Linear(64, 8)]) is None  # mixed kinds stay apart
+        assert torch.equal(effective_weight(m) if kind != "linear" else m.weight, w)
+        if kind == "int4":  # packed rows cannot be viewed: it computes through the fused layer
+            assert m.weight is None and m.scales_and_zeros is None and m.source[0] is refused
+        else:  # float and int8 rows can: its weight is a row view
+            storages[m.weight.untyped_storage().data_ptr()] = m.weight.untyped_storage().nbytes()
+    storages[refused.weight.untyped_storage().data_ptr()] = refused.weight.untyped_storage().nbytes()
+    bits = {"linear": torch.finfo(dtype).bits, "int8": 8, "int4": 4}[kind]
+    assert sum(storages.values()) == 128 * 64 * bits // 8  # one copy of the weights, no more
+    assert fuse([layers[0], nn.Linear(64, 16, bias=not bias).to(dtype)]) is None  # mixed kinds or biases stay apart
 
 
 def test_unsupported_architecture_falls_back_to_eager(tiny_loaded):

@@ -3,6 +3,10 @@ and the quantized model through the engine against the same quantized model run 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +83,27 @@ def test_quantized_engine_equals_quantized_hf_reference(tiny_loaded, method):
     assert llm.generate(PROMPT, sp, SpeculativeParams("ngram", 4)).token_ids == ours
     plain_float = LLM(tiny_loaded, EngineConfig()).generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids
     assert len(set(ours)) > 5 and ours != [plain_float[0]] * 24  # a real model, not a constant
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_int4_layout_checks_under_each_cpu_capability(capability):
+    """DESIGN §4: torch picks the packed int4 layout by vector width (rows interleaved in blocks of
+    64 under AVX-512, 32 under AVX2), so the gate's result must not depend on the CPU: the int4
+    layer and fusion tests (no model, so seconds) rerun in a process forced to AVX2 and in one on
+    the machine's default (the variable only counts before torch is imported, hence a subprocess)."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability != "default":
+        if not torch.cpu._is_avx2_supported():  # what the hardware has, whatever the variable says
+            pytest.skip("this CPU has no AVX2: the default capability is the only one")
+        env["ATEN_CPU_CAPABILITY"] = capability
+    run = ("import sys, pytest, torch; print('capability', torch.backends.cpu.get_cpu_capability()); "
+           "sys.exit(pytest.main(['-q', '-k', 'int4 and (fuse or layer) and not cpu_capability', "
+           "'tests/test_fast_path.py', 'tests/test_quantize.py']))")
+    out = subprocess.run([sys.executable, "-c", run], cwd=Path(__file__).parents[1], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+    assert capability == "default" or f"capability {capability.upper()}" in out.stdout, out.stdout[:200]
 
 
 @pytest.mark.real_model

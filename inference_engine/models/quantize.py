@@ -37,25 +37,37 @@ class Int8Linear(nn.Module):
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+    @property
+    def dtype(self) -> torch.dtype:  # of the activations it takes
+        return self.scales.dtype
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)  # [M, N]
         return _restore(self, y, x)
 
 
 class Int4Linear(nn.Module):
-    """From codes q ∈ [0, 15] [N, K], scales and minimums [N, K / group_size]: w = q · s + m."""
+    """The packed codes and [G, N, 2] scales and zeros of torch's int4 CPU kernel. After `fuse` a
+    layer holds no packed weight of its own: it computes through the fused layer (`source`, its
+    first output column), because the packed layout cannot be cut at arbitrary rows."""
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
-                 bias: Optional[nn.Parameter], dtype: torch.dtype):
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                 in_features: int, bias: Optional[nn.Parameter]):
         super().__init__()
-        N, K = codes.shape
-        self.group_size, self.in_features, self.out_features = group_size, K, N
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
+        self.group_size, self.in_features, self.out_features = group_size, in_features, scales_and_zeros.shape[1]
+        self.register_buffer("weight", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.bias = bias
+        self.source: Optional[tuple["Int4Linear", int]] = None  # a plain attribute: not a submodule
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+                   bias: Optional[nn.Parameter], dtype: torch.dtype) -> "Int4Linear":
+        """From codes q ∈ [0, 15] [N, K], scales and minimums [N, K / group_size]: w = q · s + m."""
         zeros = mins.float() + 8.0 * scales.float()  # the kernel computes (q - 8) · s + z
         # [G, N, 2]: scale and zero per (group, output channel)
         sz = torch.stack([scales.float(), zeros], dim=-1).transpose(0, 1).contiguous().to(dtype)
-        self.register_buffer("scales_and_zeros", sz)
-        self.bias = bias
+        return cls(_pack(codes), sz, group_size, codes.shape[1], bias)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> "Int4Linear":
@@ -65,21 +77,46 @@ class Int4Linear(nn.Module):
         lo, hi = groups.amin(-1), groups.amax(-1)  # [N, G]
         scales = ((hi - lo) / 15.0).clamp(min=1e-8)
         codes = torch.round((groups - lo[..., None]) / scales[..., None]).clamp(0, 15).reshape(N, K)
-        return cls(codes, scales, lo, group_size, linear.bias, linear.weight.dtype)
+        return cls.from_codes(codes, scales, lo, group_size, linear.bias, linear.weight.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:  # of the activations it takes
+        return (self.source[0] if self.source else self).scales_and_zeros.dtype
+
+    def _mm(self, x: torch.Tensor, scales_and_zeros: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[M, K] → this layer's [M, N], through the fused layer's packed weight once fused."""
+        src, start = self.source or (self, 0)
+        sz = src.scales_and_zeros if scales_and_zeros is None else scales_and_zeros
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, src.weight, self.group_size, sz)
+        return y if src is self else y[:, start : start + self.out_features]
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes [N, K] as int32, read back exactly through the kernel (identity input,
+        scale 1 and zero 8 give (q - 8) · 1 + 8 = q), so nothing assumes the packed layout."""
+        src = self.source[0] if self.source else self
+        unit = torch.tensor([1.0, 8.0]).expand(self.in_features // self.group_size, src.out_features, 2)
+        return self._mm(torch.eye(self.in_features), unit.contiguous()).T.round().to(torch.int32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, x.shape[-1]), self.weight, self.group_size, self.scales_and_zeros
-        )  # [M, N]
-        return _restore(self, y, x)
+        return _restore(self, self._mm(x.reshape(-1, x.shape[-1])), x)
+
+
+def _pack(codes: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def _own_scales_and_zeros(layer: Int4Linear) -> torch.Tensor:
+    """[G, N, 2] of this layer's columns; a strided view once fused, fit for copying but not for
+    the kernel, which ignores strides."""
+    src, start = layer.source or (layer, 0)
+    return src.scales_and_zeros[:, start : start + layer.out_features]
 
 
 @torch.inference_mode()
 def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The [N, K] matrix a quantized layer actually multiplies by, read back through its own
     kernel (identity input), so tests compare against what runs, not a re-derivation."""
-    eye = torch.eye(layer.in_features, dtype=layer.scales_and_zeros.dtype if hasattr(layer, "scales_and_zeros")
-                    else layer.scales.dtype)
+    eye = torch.eye(layer.in_features, dtype=layer.dtype)
     bias, layer.bias = layer.bias, None
     try:
         return layer(eye).T
@@ -103,7 +140,7 @@ def quantize(model: nn.Module, method: str, group_size: int = 32, int4_blocks: M
         if method == "int8" or name == "lm_head":  # logits are sensitive: the output layer keeps 8 bits
             new = Int8Linear(linear)
         elif name in int4_blocks:
-            new = Int4Linear(*int4_blocks[name], 32, linear.bias, linear.weight.dtype)
+            new = Int4Linear.from_codes(*int4_blocks[name], 32, linear.bias, linear.weight.dtype)
         else:
             new = Int4Linear.from_linear(linear, group_size)
         setattr(parent, name.rpartition(".")[2], new)
@@ -124,28 +161,41 @@ def fusable(layers: list[nn.Module]) -> bool:
 @torch.inference_mode()
 def fuse(layers: list[nn.Module]) -> Optional[nn.Module]:
     """One layer computing the given layers' outputs side by side (q/k/v, gate/up): one GEMV reads
-    all their weights. The originals' weights become views of the fused one, so no memory is
-    duplicated. None when the layers are not all of one fusable kind."""
+    all their weights, and no weight memory is duplicated: the originals still work (the eager
+    path runs them). None when the layers are not all of one fusable kind."""
     if not fusable(layers):
         return None
-    kind = type(layers[0])
+    kind, bias = type(layers[0]), _cat([m.bias for m in layers])
+    bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    if kind is Int4Linear:
+        return _fuse_int4(layers, bias)
     fused = copy.copy(layers[0])  # same class and attributes; the tensors are replaced below
     fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
-    fused.out_features = sum(m.out_features for m in layers)
+    fused.out_features, fused.bias = sum(m.out_features for m in layers), bias
     weight = _cat([m.weight for m in layers])
-    if kind is nn.Linear:
-        fused.weight = nn.Parameter(weight, requires_grad=False)
-    else:
-        fused.weight = weight
-    bias = _cat([m.bias for m in layers])
-    fused.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    fused.weight = nn.Parameter(weight, requires_grad=False) if kind is nn.Linear else weight
     if kind is Int8Linear:
         fused.scales = _cat([m.scales for m in layers])
-    if kind is Int4Linear:  # [G, N, 2]: output channels are dim 1
-        fused.scales_and_zeros = _cat([m.scales_and_zeros for m in layers], 1)
     start = 0
-    for m in layers:  # packed int4 rows are independent, so row views of the fused weight stay valid
+    for m in layers:  # float and int8 rows are independent: the originals become row views
         view = fused.weight[start : start + m.out_features]
         m.weight = nn.Parameter(view, requires_grad=False) if kind is nn.Linear else view
+        if kind is Int8Linear:
+            m.scales = fused.scales[start : start + m.out_features]
+        start += m.out_features
+    return fused
+
+
+def _fuse_int4(layers: list[Int4Linear], bias: Optional[nn.Parameter]) -> Int4Linear:
+    """Fused before packing: the packed layout interleaves rows in blocks as wide as the CPU's
+    vectors (64 with AVX-512, 32 with AVX2), so packed tensors cannot be concatenated or sliced
+    at arbitrary rows. The codes are concatenated and packed once; scales and zeros are kept as
+    they are, so the fused layer computes exactly what the separate ones did."""
+    codes = torch.cat([m.codes() for m in layers])
+    sz = torch.cat([_own_scales_and_zeros(m) for m in layers], 1)  # [G, N, 2]: output channels are dim 1
+    fused = Int4Linear(_pack(codes), sz, layers[0].group_size, layers[0].in_features, bias)
+    start = 0
+    for m in layers:  # the originals compute through the fused layer and keep their columns
+        m.weight, m.scales_and_zeros, m.source = None, None, (fused, start)
         start += m.out_features
     return fused
