@@ -13,7 +13,7 @@ from ..auth import check_bearer
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine, RequestStream, SessionInfo
 from ..engine.validation import validate
-from ..errors import EngineDead, EngineError, InvalidRequest, ModelNotFound, PayloadTooLarge, ShuttingDown
+from ..errors import EngineDead, InvalidRequest, ModelNotFound, PayloadTooLarge, ShuttingDown
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
@@ -24,6 +24,8 @@ from .schemas import ChatCompletionRequest, CompletionRequest
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
+COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+COUNTED = "kakeya_counted"  # scope state flag: the route recorded this request itself
 
 
 class ServerState:
@@ -62,6 +64,7 @@ def create_app(state: ServerState) -> FastAPI:
     errors.install(app)
     app.state.kakeya = state
     app.add_middleware(_BodyLimit, limit=state.config.max_body_bytes)
+    app.add_middleware(_CountRefusals, state=state)  # outermost: sees the 413s too
 
     def auth(request: Request) -> str:
         """The caller's tenant: the hashed key it authenticated with ("" when the server has no keys)."""
@@ -129,6 +132,28 @@ def create_app(state: ServerState) -> FastAPI:
         return {"id": session_id, "object": "session.deleted", "deleted": True}
 
     return app
+
+
+class _CountRefusals:
+    """Counts completion requests answered with an error status before any generation (validation,
+    auth, model, admission, loading): `kakeya_requests_total{finish_reason="error"}`."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in COMPLETION_PATHS:
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400 \
+                    and not scope.get("state", {}).get(COUNTED) and self.state.metrics is not None:
+                self.state.metrics.observe_request(scope["path"], message["status"], "error", 0, 0, None,
+                                                   time.perf_counter() - t0)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 class _BodyLimit:
@@ -203,17 +228,14 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
     t0 = time.perf_counter()
 
     def record(ends: list[ChoiceEnd], status: int = 200, reason: Optional[str] = None) -> None:
+        request.scope.setdefault("state", {})[COUNTED] = True
         firsts = [e.first_token_at for e in ends if e.first_token_at]
         reason = reason or (ends[0].finish_reason if ends else "error")
         state.metrics.observe_request(endpoint, status, reason, len(prompt), sum(e.completion_tokens for e in ends),
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
                                       [g for e in ends for g in e.token_gaps])
 
-    try:
-        streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)
-    except EngineError as e:  # refused before anything was sent: counted, then the error envelope
-        record([], e.http_status)
-        raise
+    streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)  # refusals: _CountRefusals
     tools = chat and bool(body.tools) and body.tool_choice != "none"
     out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, tools,
                      body.num_logprobs is not None, body.return_token_ids)
