@@ -39,9 +39,13 @@ def run(config: str, tokens: int, repeats: int, bandwidth: float) -> dict:
     """One configuration: our fast path, our eager path (the transformers forward inside our
     engine) and HF `generate`, alternating, mean of `repeats`."""
     dtype, _, quant = config.partition("+")
-    loaded = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none"))
-    model = loaded.model
-    fast, eager = LLM(loaded), LLM(loaded, EngineConfig(fast_path=False))
+    cfg = ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none")
+    loaded = load_model(cfg)
+    # once the fast path fuses int4 layers, the originals compute through the fused ones (slower):
+    # the eager and HF baselines get their own, unfused copy
+    ref = load_model(cfg) if quant == "int4" else loaded
+    model = ref.model
+    fast, eager = LLM(loaded), LLM(ref, EngineConfig(fast_path=False))
     ids = apply_chat_template(loaded.tokenizer, [{"role": "user", "content": PROMPT}])
     sp = SamplingParams(max_tokens=tokens, ignore_eos=True)
     plain = SpeculativeParams("none", 0)

@@ -50,10 +50,11 @@ def long_prompt(tokenizer, target: int = 2048) -> list[int]:
     return apply_chat_template(tokenizer, [{"role": "user", "content": content}])
 
 
-def prefill(loaded, peer, repeats: int) -> dict:
+def prefill(loaded, peer, repeats: int, hf_model=None) -> dict:
+    """hf_model: an unfused copy for the HF baseline (int4 originals compute through the fused layers)."""
     ids = long_prompt(loaded.tokenizer)
     llm = LLM(loaded, EngineConfig(prefix_cache=False))
-    model, inputs = loaded.model, torch.tensor([ids])
+    model, inputs = hf_model if hf_model is not None else loaded.model, torch.tensor([ids])
 
     @torch.inference_mode()
     def hf():
@@ -153,8 +154,11 @@ def streaming(loaded, config: str, tokens: int, repeats: int) -> dict:
 
 def run(config: str, tokens: int, repeats: int, peer=None) -> dict:
     dtype, _, quant = config.partition("+")
-    loaded = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none"))
-    return {"config": config, "prefill": prefill(loaded, peer, repeats), "streaming": streaming(loaded, config, tokens, repeats)}
+    cfg = ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none")
+    loaded = load_model(cfg)
+    hf_model = load_model(cfg).model if quant == "int4" else None
+    return {"config": config, "prefill": prefill(loaded, peer, repeats, hf_model),
+            "streaming": streaming(loaded, config, tokens, repeats)}
 
 
 def table(rows: list[dict]) -> str:
