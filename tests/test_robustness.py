@@ -87,6 +87,11 @@ def test_client_leaving_stops_its_work(server, phase, stream):
     after = metric(url, STEPS)
     assert after - left <= AFTER_LEAVING and after - before < 900
     assert httpx.get(url + "/healthz").status_code == 200
+    if phase != "at-once":  # it reached the route: counted as aborted by its client
+        label = 'status="200"' if stream else 'status="499"'
+        aborted = [l for l in httpx.get(url + "/metrics").text.splitlines()
+                   if l.startswith("kakeya_requests_total{") and 'finish_reason="abort"' in l and label in l]
+        assert aborted and float(aborted[0].split()[-1]) >= 1
 
 
 def test_clients_vanishing_after_headers_do_not_kill_the_engine(server):
