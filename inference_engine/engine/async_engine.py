@@ -296,24 +296,6 @@ class AsyncEngine:
             raise
         return RequestStream(self, rid, stream.queue)
 
-    async def generate(
-        self,
-        prompt_ids: Optional[Sequence[int]],
-        sampling: SamplingParams,
-        spec: Optional[SpeculativeParams] = None,
-        request_id: Optional[str] = None,
-        session_id: Optional[str] = None,
-        tenant: str = "",
-    ) -> AsyncIterator[Union[Token, EngineResult]]:
-        """Yields (token id, logprob or None) per generated token, then the EngineResult. Leaving the
-        loop early (client disconnect, cancellation) aborts the request before the generator closes."""
-        stream = await self.add(prompt_ids, sampling, spec, request_id, session_id, tenant)
-        try:
-            async for item in stream:
-                yield item
-        finally:
-            await stream.abort()
-
     async def abort_all(self) -> int:
         """Server shutdown: end every queued and running request; their streams get finish 'abort'."""
         def job() -> int:
