@@ -26,21 +26,52 @@ def _dist(*xs):
 P = torch.stack([_dist(5, 1, 2, 1, 1, 3), _dist(1, 4, 1, 2, 2, 2), _dist(2, 2, 2, 1, 1, 4)])  # [k+1=3, V=6]
 Q = torch.stack([_dist(1, 3, 1, 1, 3, 1), _dist(3, 1, 1, 1, 1, 1)])  # [k=2, V=6]
 
+# k = 3 drafts. Row i of P3 is the verifier's distribution after the first i drafts; rows differ
+# clearly, so drawing position i from another row (e.g. the bonus from row k-1) shows.
+P3 = torch.stack([_dist(5, 1, 2, 1, 1, 3), _dist(1, 6, 1, 2, 2, 2), _dist(2, 2, 6, 1, 1, 2), _dist(1, 3, 1, 6, 1, 1)])
+Q3 = torch.stack([_dist(3, 2, 2, 1, 2, 2), _dist(2, 4, 2, 1, 2, 1), _dist(1, 2, 4, 2, 2, 1)])  # near P3, not equal
 
-def _first_and_second(draft, draft_probs, seed):
+
+def _conditionals(trials: int, seed: int, draw_draft, draft_probs) -> torch.Tensor:
+    """counts[i, v]: how often token v was emitted at position i among the trials whose first i
+    drafts were accepted. Rejection sampling is exact iff each row follows P3[i] (i = 3: the bonus)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(4, 6)
+    for _ in range(trials):
+        d = draw_draft(gen)
+        out = accept_sampled(P3, d, draft_probs, lambda i: gen)
+        for i, tok in enumerate(out.tokens):
+            counts[i, tok] += 1  # tokens before i are accepted drafts: a recovered token never equals its draft
+    return counts
+
+
+def test_rejection_sampling_conditionals_match_target():
+    # Drafts sampled from Q3: every position, the bonus included, follows the verifier's row.
+    counts = _conditionals(6000, 1, lambda g: [int(torch.multinomial(Q3[i], 1, generator=g)) for i in range(3)], Q3)
+    assert counts[3].sum() > 1000 and counts[1].sum() < 5000, counts.sum(-1)  # bonus often, rejections too
+    for i in range(4):
+        assert chi_square(counts[i], P3[i]) < CHI2_CRIT_001[5], (i, counts[i])
+
+
+def test_point_mass_conditionals_match_target():
+    # A deterministic (n-gram) draft [0, 1, 2]: q is a point mass; accepted with probability p(d).
+    counts = _conditionals(6000, 2, lambda g: [0, 1, 2], None)
+    assert counts[3].sum() > 300, counts.sum(-1)  # all three accepted often enough to test the bonus
+    for i in range(4):
+        assert chi_square(counts[i], P3[i]) < CHI2_CRIT_001[5], (i, counts[i])
+
+
+def _first(draft, draft_probs, seed):
     gen = torch.Generator().manual_seed(seed)
     first = torch.zeros(6)
-    second_given_d1 = torch.zeros(6)
     for _ in range(TRIALS):
         out = accept_sampled(P, draft, draft_probs, lambda i: gen)
         first[out.tokens[0]] += 1
-        if out.tokens[0] == draft[0]:
-            second_given_d1[out.tokens[1]] += 1
-    return first, second_given_d1
+    return first
 
 
 def test_rejection_sampling_with_draft_probs_matches_target():
-    # Drafts sampled from Q; the emitted first token must follow P[0] whatever the draft was.
+    # Drafts sampled from Q, far from P: the emitted first token must follow P[0] whatever the draft was.
     gen = torch.Generator().manual_seed(1)
     first = torch.zeros(6)
     for _ in range(TRIALS):
@@ -50,16 +81,9 @@ def test_rejection_sampling_with_draft_probs_matches_target():
     assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
 
 
-def test_rejection_sampling_point_mass_matches_target():
-    # Deterministic (n-gram) drafts: q is a point mass at the draft token.
-    first, second = _first_and_second([0, 1], None, seed=2)
-    assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
-    assert chi_square(second, P[1]) < CHI2_CRIT_001[5]  # conditioned on d1 accepted
-
-
 def test_rejection_sampling_bad_draft_still_matches_target():
     # A draft the target rarely agrees with: mostly recovered tokens, same distribution.
-    first, _ = _first_and_second([3, 4], None, seed=3)
+    first = _first([3, 4], None, seed=3)
     assert chi_square(first, P[0]) < CHI2_CRIT_001[5]
 
 

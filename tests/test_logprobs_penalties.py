@@ -1,13 +1,24 @@
 """Exact verifier logprobs (also under speculation), penalties and logit_bias, on the tiny Qwen3."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from inference_engine.config import EngineConfig
+from inference_engine.engine.llm import LLM
 from inference_engine.types import SamplingParams, SpeculativeParams
+from test_lossless_models import CPU_LIKE, SMALL_PROMPT, fresh_llm, run_steps, small_loaded, small_qwen3_dir  # noqa: F401  (fixtures)
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 11, 9707, 11]
 PLAIN = SpeculativeParams("none", 0)
+
+
+@pytest.fixture()
+def tiny_llm(tiny_loaded) -> LLM:
+    # The default method is auto: pin its cost curve so no test here depends on this CPU's timings.
+    return LLM(tiny_loaded, EngineConfig(cost_curve=CPU_LIKE))
 
 
 def test_logprobs_are_the_verifiers(tiny_llm):
@@ -59,6 +70,23 @@ def test_penalties_change_output_and_stay_lossless(tiny_llm, kind):
     assert a != b and b.count(9707) < a.count(9707)  # repeating the biased token is penalised
     for k in (1, 3, 8):  # penalties at verify row i see drafts d1..d_i: still equal to plain
         assert tiny_llm.generate(PROMPT, pen, SpeculativeParams("ngram", k)).token_ids == b
+
+
+@pytest.mark.parametrize("kind,value", [("presence_penalty", 1.0), ("frequency_penalty", 0.5)])
+def test_penalties_see_accepted_drafts(small_loaded, kind, value):
+    """Verify row i is penalised for the generated tokens plus drafts d1..d_i, as plain decoding
+    would be after emitting them. The alphabet bias makes the model write in 3 tokens, so n-gram
+    drafts are accepted at rows >= 1 and the penalties there depend on the drafts before them."""
+    sp = SamplingParams(max_tokens=32, ignore_eos=True, logit_bias=tuple((t, 30.0) for t in (538, 818, 1195)), **{kind: value})
+    plain, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, PLAIN)
+    unpenalised, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, replace(sp, **{kind: 0.0}), PLAIN)
+    assert plain != unpenalised  # the penalty matters here
+    deep = 0
+    for k in (2, 4, 8):
+        out, steps = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, SpeculativeParams("ngram", k))
+        assert out == plain, f"k={k}"
+        deep += sum(1 for _, accepted in steps if accepted >= 2)
+    assert deep >= 3, "drafts must be accepted past row 0"
 
 
 def test_penalty_and_bias_validation(tiny_llm):

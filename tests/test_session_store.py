@@ -8,16 +8,40 @@ from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import InvalidRequest, SessionBusy, SessionNotFound, TooManySessions
 from inference_engine.types import SamplingParams, SpeculativeParams
+from test_lossless_models import (  # noqa: F401  (fixtures)
+    CPU_LIKE, add_mix, fresh_llm, near_small, run_steps, small_loaded, small_qwen3_dir,
+)
 
 TURN1 = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
 TURN2 = [151644, 872, 198, 3838, 911, 264, 1008, 30, 151645, 198, 151644, 77091, 198]
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 SEEDED = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=7, ignore_eos=True)
+S_TURN1 = [40, 1079, 264, 1273, 13, 358, 1079, 264]  # ids below the small model's 2048-token vocabulary
+S_TURN2 = [1406, 911, 264, 1008, 30]
+
+
+@pytest.fixture()
+def tiny_llm(tiny_loaded) -> LLM:
+    # The default method is auto: pin its cost curve so no test here depends on this CPU's timings.
+    return LLM(tiny_loaded, EngineConfig(cost_curve=CPU_LIKE))
 
 
 def _inv1(llm: LLM, sid: str) -> None:
+    """INV-1: the session's cache holds exactly history[:-1], by length and by contents."""
     s = llm.core.sessions.get(sid)
     assert s.cache is not None and s.cache.length == len(s.history) - 1
+    _same_kv_as_fresh_prefill(llm, s.cache, s.history[: s.cache.length])
+
+
+def _same_kv_as_fresh_prefill(llm: LLM, cache, tokens) -> None:
+    """Every cached key/value equals one prefill of `tokens` into a new cache (float32, 1e-5)."""
+    v = llm.core.verifier
+    fresh = v.new_cache()
+    v.forward(fresh, tokens, 1)
+    assert fresh.length == cache.length == len(tokens)
+    for layer, ((k, val), (fk, fv)) in enumerate(zip(cache.layers(), fresh.layers())):
+        err = max(float((k - fk).abs().max()), float((val - fv).abs().max()))
+        assert err <= 1e-5, f"layer {layer}: cached KV differs from a fresh prefill by {err}"
 
 
 class Clock:
@@ -28,23 +52,46 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("spec", [SpeculativeParams("none", 0), SpeculativeParams("ngram", 4), SpeculativeParams("suffix", 6)])
-def test_inv1_cache_length_equals_history_after_every_generate(tiny_llm, spec):
-    sid = tiny_llm.core.sessions.create().session_id
-    tiny_llm.core.sessions.append(sid, TURN1)
+@pytest.mark.parametrize("method", ["none", "ngram", "suffix", "draft"])
+def test_inv1_cache_equals_a_fresh_prefill_after_every_generate(small_loaded, near_small, method):
+    """Three turns; after each, the session's KV is that of its history. With the draft model most
+    steps accept part of the draft, so the rollback of the rest shows in the cached contents."""
+    llm = fresh_llm(small_loaded, near_small if method == "draft" else None)
+    sid = llm.core.sessions.create().session_id
+    llm.core.sessions.append(sid, S_TURN1)
+    total: dict[str, int] = {}
     for turn in range(3):
-        out = tiny_llm.generate(None, GREEDY, spec, session_id=sid)
-        _inv1(tiny_llm, sid)
-        hist = list(tiny_llm.core.sessions.get(sid).history)
-        assert hist[-len(out.token_ids):] == out.token_ids
-        assert tiny_llm.core.sessions.append(sid, TURN2) == len(hist) + len(TURN2)
-        assert tiny_llm.core.sessions.get(sid).cache.length == len(hist) - 1  # append feeds nothing yet
+        out, steps = run_steps(llm, None, SamplingParams(max_tokens=12, ignore_eos=True), SpeculativeParams(method, 4), sid)
+        add_mix(total, steps)
+        _inv1(llm, sid)
+        hist = list(llm.core.sessions.get(sid).history)
+        assert hist[-len(out):] == out
+        assert llm.core.sessions.append(sid, S_TURN2) == len(hist) + len(S_TURN2)
+        assert llm.core.sessions.get(sid).cache.length == len(hist) - 1  # append feeds nothing yet
+    if method == "draft":
+        assert total.get("partial", 0) >= 2 and total.get("rejected", 0) >= 1, total
+
+
+def test_inv1_cache_contents_after_a_diverging_prompt(small_loaded):
+    """An HTTP client resends the conversation with an earlier turn edited: the session's KV is
+    cut back to the shared prefix, the new tail prefilled, and the output is that of a fresh prefill."""
+    llm = fresh_llm(small_loaded)
+    sid = llm.core.sessions.create().session_id
+    sp = SamplingParams(max_tokens=8, ignore_eos=True)
+    first = llm.generate(S_TURN1 + S_TURN2, sp, session_id=sid).token_ids
+    _inv1(llm, sid)
+    edited = S_TURN1[:5] + [1008, 30] + S_TURN2 + first
+    out = llm.generate(edited, sp, session_id=sid)
+    assert out.usage.cached_tokens == 5
+    _inv1(llm, sid)
+    stateless = fresh_llm(small_loaded, prefix_cache=False).generate(edited, sp)
+    assert out.token_ids == stateless.token_ids
 
 
 def test_inv1_stop_inside_accepted_draft_is_trimmed(tiny_loaded):
     """A draft model equal to the verifier gets all 8 drafts accepted; a stop token at output index 4
     discards the rest, and the KV of the discarded tokens must not stay in the session."""
-    llm = LLM(tiny_loaded, EngineConfig(), draft=tiny_loaded)
+    llm = LLM(tiny_loaded, EngineConfig(cost_curve=CPU_LIKE), draft=tiny_loaded)
     ref = llm.generate(TURN1, SamplingParams(max_tokens=16, ignore_eos=True), SpeculativeParams("none", 0)).token_ids
     stop = ref[4]
     sid = llm.core.sessions.create(eos_ids=[stop]).session_id
@@ -55,24 +102,38 @@ def test_inv1_stop_inside_accepted_draft_is_trimmed(tiny_loaded):
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
-def test_inv3_output_independent_of_how_history_was_appended(tiny_llm, sampling):
-    store = tiny_llm.core.sessions
+def test_inv3_output_independent_of_how_history_was_appended(small_loaded, sampling):
+    llm = fresh_llm(small_loaded)  # the default method, auto, drafts along the way (pinned cost curve)
+    stateless = fresh_llm(small_loaded, prefix_cache=False)
+    store = llm.core.sessions
     # session A: turn 1 generated, then turn 2 appended and generated on the reused cache
     a = store.create().session_id
-    store.append(a, TURN1)
-    first = tiny_llm.generate(None, sampling, session_id=a).token_ids
-    store.append(a, TURN2)
-    out_a = tiny_llm.generate(None, sampling, session_id=a).token_ids
-    # session B: the same history appended in many small chunks, generated once
+    store.append(a, S_TURN1)
+    first = llm.generate(None, sampling, session_id=a).token_ids
+    store.append(a, S_TURN2)
+    out_a = llm.generate(None, sampling, session_id=a).token_ids
+    full = S_TURN1 + first + S_TURN2
+    # session B: the HTTP path sends the growing conversation; each request reuses the session's
+    # KV and prefills only the new piece (its one generated token is replaced by the next piece)
     b = store.create().session_id
-    full = TURN1 + first + TURN2
-    for i in range(0, len(full), 5):
-        store.append(b, full[i : i + 5])
-    out_b = tiny_llm.generate(None, sampling, session_id=b).token_ids
-    # and statelessly, with the prefix cache off: one prefill of everything
-    plain = LLM(_loaded(tiny_llm), EngineConfig(prefix_cache=False))
-    out_c = plain.generate(full, sampling).token_ids
-    assert out_a == out_b == out_c
+    cuts = (3, 7, 12, 18, len(full) - 3)
+    for end in cuts:
+        llm.generate(full[:end], SamplingParams(max_tokens=1), session_id=b)
+    out_b = llm.generate(full, sampling, session_id=b)
+    assert out_b.usage.cached_tokens == cuts[-1]  # the KV really was computed in those pieces
+    # and statelessly: one prefill of everything
+    out_d = stateless.generate(full, sampling).token_ids
+    assert out_a == out_b.token_ids == out_d
+    # session C: the gRPC path appends pieces and generates after each; its history includes
+    # those outputs, and its next output equals a one-chunk prefill of that history
+    c = store.create().session_id
+    for i in range(0, len(full), 7):
+        store.append(c, full[i : i + 7])
+        llm.generate(None, SamplingParams(max_tokens=2, ignore_eos=True), session_id=c)
+    history = list(store.get(c).history)
+    out_c = llm.generate(None, sampling, session_id=c)
+    assert out_c.usage.cached_tokens == len(history) - 1
+    assert out_c.token_ids == stateless.generate(history, sampling).token_ids
 
 
 def _loaded(llm):
@@ -99,7 +160,7 @@ def test_prefix_cache_reuses_a_stateless_prefix(tiny_llm):
     first = tiny_llm.generate(TURN1, GREEDY)
     again = tiny_llm.generate(TURN1 + first.token_ids + TURN2, GREEDY)
     assert again.usage.cached_tokens == len(TURN1) + len(first.token_ids) - 1
-    fresh = LLM(_loaded(tiny_llm), EngineConfig(prefix_cache=False)).generate(TURN1 + first.token_ids + TURN2, GREEDY)
+    fresh = LLM(_loaded(tiny_llm), EngineConfig(prefix_cache=False, cost_curve=CPU_LIKE)).generate(TURN1 + first.token_ids + TURN2, GREEDY)
     assert fresh.usage.cached_tokens == 0 and fresh.token_ids == again.token_ids
 
 
@@ -133,7 +194,7 @@ def test_inv2_lru_eviction_by_bytes(tiny_llm):
 
 
 def test_inv2_through_the_engine(tiny_loaded):
-    llm = LLM(tiny_loaded, EngineConfig(session_cache_bytes=200_000))
+    llm = LLM(tiny_loaded, EngineConfig(session_cache_bytes=200_000, cost_curve=CPU_LIKE))
     for i in range(6):
         sid = llm.core.sessions.create().session_id
         llm.core.sessions.append(sid, TURN1 * (i + 1))

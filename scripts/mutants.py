@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""One-line mutants the gate must kill (DESIGN.md §4): a test is only as good as the bug it catches.
+
+Each mutant replaces one exact fragment of one source line. The working tree's files (tracked and
+untracked-but-not-ignored) are copied to a scratch directory; every mutant is applied there, one at
+a time, and its tests run with this repo's virtualenv, the scratch copy first on PYTHONPATH (the
+venv's editable install of the repo is a meta-path finder appended after sys.path, so the copy
+wins; checked before anything runs). The unmutated tests must pass first. A fragment that is not
+found exactly once fails the run: the code drifted and the mutant must be updated.
+
+    .venv/bin/python scripts/mutants.py            # all mutants; exit 1 if any survives
+    .venv/bin/python scripts/mutants.py --list
+    .venv/bin/python scripts/mutants.py --only bonus_row_k_minus_1 --only residual_is_p
+
+To add a mutant, append a Mutant(...) to MUTANTS: the fragment, its replacement, and the few
+pytest node ids that should catch it (each mutant should run well under a minute).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = REPO / ".venv" / "bin" / "python"
+TIMEOUT_S = 300  # a mutant that hangs its tests this long counts as killed (the gate would time out)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str          # relative to the repo root
+    original: str      # exact fragment; must occur exactly once in the file
+    replacement: str
+    tests: tuple[str, ...]  # pytest node ids that must fail under the mutant
+
+
+CORE = "inference_engine/engine/core.py"
+ACCEPT = "inference_engine/engine/acceptance.py"
+SAMPLING = "inference_engine/engine/sampling.py"
+STORE = "inference_engine/cache/session_store.py"
+EQ = "tests/test_speculative_equivalence.py"
+ACC = "tests/test_acceptance.py"
+PROP = "tests/test_speculative_proposers.py"
+LP = "tests/test_logprobs_penalties.py"
+SS = "tests/test_session_store.py"
+
+MUTANTS: list[Mutant] = [
+    # -- rollback ------------------------------------------------------------------------------
+    Mutant("trim_one_too_few", CORE,
+           "req.cache.trim(rejected)", "req.cache.trim(rejected - 1)",
+           (f"{EQ}::test_greedy_equals_plain_for_every_k[draft]",)),
+    Mutant("trim_one_too_few_after_partial", CORE,
+           "req.cache.trim(rejected)", "req.cache.trim(rejected - (0 < out.num_accepted < out.num_drafted))",
+           (f"{EQ}::test_greedy_equals_plain_for_every_k[suffix]",)),
+    Mutant("no_rollback", CORE,
+           "req.cache.trim(rejected)", "req.cache.trim(0)",
+           (f"{EQ}::test_greedy_equals_plain_for_every_k[ngram]",)),
+    # -- acceptance ----------------------------------------------------------------------------
+    Mutant("greedy_accepts_smaller_ids", ACCEPT,
+           "while n < len(draft) and draft[n] == target[n]:", "while n < len(draft) and draft[n] <= target[n]:",
+           (f"{EQ}::test_greedy_equals_plain_for_every_k[suffix]",)),
+    Mutant("greedy_accepts_mismatch", ACCEPT,
+           "while n < len(draft) and draft[n] == target[n]:", "while n < len(draft) and draft[n] != target[n]:",
+           (f"{EQ}::test_greedy_equals_plain_for_every_k[ngram]",)),
+    Mutant("point_mass_accepts_everything", ACCEPT,
+           "if i == len(draft) or token != draft[i]:", "if i == len(draft):",
+           (f"{ACC}::test_point_mass_conditionals_match_target",)),
+    Mutant("point_mass_bonus_row_k_minus_1", ACCEPT,
+           "token = int(sample(probs[i : i + 1], generator_at(i))[0])",
+           "token = int(sample(probs[i - (i == len(draft) > 0) : i - (i == len(draft) > 0) + 1], generator_at(i))[0])",
+           (f"{ACC}::test_point_mass_conditionals_match_target",)),
+    Mutant("rejection_accepts_everything", ACCEPT,
+           "ok = (u * q_d < p_d).tolist()", "ok = [True] * k",
+           (f"{ACC}::test_rejection_sampling_conditionals_match_target",)),
+    Mutant("bonus_row_k_minus_1", ACCEPT,
+           "token = int(sample(probs[k : k + 1], generator)[0])", "token = int(sample(probs[k - 1 : k], generator)[0])",
+           (f"{ACC}::test_rejection_sampling_conditionals_match_target",)),
+    Mutant("residual_is_p", ACCEPT,
+           "residual = (probs[i] - draft_probs[i].to(probs.device)).clamp_min(0)", "residual = probs[i].clone()",
+           (f"{ACC}::test_rejection_sampling_conditionals_match_target",)),
+    # end to end: the same acceptance bugs through the engine with a real draft model
+    Mutant("e2e_bonus_row_k_minus_1", ACCEPT,
+           "token = int(sample(probs[k : k + 1], generator)[0])", "token = int(sample(probs[k - 1 : k], generator)[0])",
+           (f"{PROP}::test_draft_model_sampling_matches_verifier_distribution",)),
+    Mutant("e2e_rejection_accepts_everything", ACCEPT,
+           "ok = (u * q_d < p_d).tolist()", "ok = [True] * k",
+           (f"{PROP}::test_draft_model_sampling_matches_verifier_distribution",)),
+    Mutant("e2e_residual_is_p", ACCEPT,
+           "residual = (probs[i] - draft_probs[i].to(probs.device)).clamp_min(0)", "residual = probs[i].clone()",
+           (f"{PROP}::test_draft_model_sampling_matches_verifier_distribution",)),
+    # -- sampling ------------------------------------------------------------------------------
+    Mutant("penalty_ignores_drafts", SAMPLING,
+           "counts[draft[i - 1]] += 1", "counts[draft[i - 1]] += 0",
+           (f"{LP}::test_penalties_see_accepted_drafts",)),
+    Mutant("seed_keyed_by_step_not_position", CORE,
+           "position_generator(seed, start + i, device)", "position_generator(seed, i, device)",
+           (f"{EQ}::test_seeded_sampling_equals_plain[suffix]",)),
+    Mutant("logprobs_from_last_rows", CORE,
+           "lp = logits[: len(tokens)].float().log_softmax(-1)", "lp = logits[-len(tokens) :].float().log_softmax(-1)",
+           (f"{LP}::test_logprobs_unchanged_by_speculation",)),
+    # -- stopping ------------------------------------------------------------------------------
+    Mutant("stop_token_ignored_in_emit", CORE,
+           "if tok in req.stop_ids or stop_requested:", "if stop_requested:",
+           ("tests/test_engine.py::test_stop_token_ids_end_generation",)),
+    Mutant("stop_string_holds_back_too_little", "inference_engine/tokenizer.py",
+           "range(min(len(s) - 1, len(buf)), 0, -1)", "range(min(len(s) - 2, len(buf)), 0, -1)",
+           ("tests/test_tokenizer.py",)),
+    # -- sessions and prefix cache -------------------------------------------------------------
+    Mutant("prefix_keep_includes_last_prompt_token", CORE,
+           "keep = min(cache.length, shared, len(req.prompt_ids) - 1)", "keep = min(cache.length, shared, len(req.prompt_ids))",
+           (f"{SS}::test_prefix_cache_copies_a_partly_shared_entry",)),
+    Mutant("attach_keeps_a_stale_position", CORE,
+           "cache.trim(cache.length - keep)", "cache.trim(max(0, cache.length - keep - 1))",
+           (f"{SS}::test_inv1_cache_contents_after_a_diverging_prompt",)),
+    Mutant("fit_keeps_newest_token", STORE,
+           "cache.trim(cache.length - max(0, len(history) - 1))", "cache.trim(cache.length - max(0, len(history)))",
+           (f"{SS}::test_inv1_stop_inside_accepted_draft_is_trimmed",)),
+    Mutant("check_in_forgets_output", STORE,
+           "s.history = list(history)", "s.history = list(history[: len(s.history)])",
+           (f"{SS}::test_inv1_cache_equals_a_fresh_prefill_after_every_generate",)),
+    Mutant("budget_evicts_most_recent_first", STORE,
+           "for k, s in list(self._entries.items()):", "for k, s in reversed(list(self._entries.items())):",
+           (f"{SS}::test_inv2_lru_eviction_by_bytes",)),
+    Mutant("budget_never_evicts_sessions", STORE,
+           "if s.busy or s.cache is None:", "if s.busy or s.cache is None or not s.anonymous:",
+           (f"{SS}::test_inv2_lru_eviction_by_bytes",)),
+]
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, check=True, capture_output=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+
+
+def check_fragments(mutants: list[Mutant]) -> None:
+    """Fail loudly when a fragment is not exactly once in its file: the code drifted."""
+    bad = []
+    for m in mutants:
+        n = (REPO / m.file).read_text().count(m.original)
+        if n != 1:
+            bad.append(f"  {m.name}: {m.original!r} found {n} times in {m.file} (expected exactly once)")
+    if bad:
+        sys.exit("mutant fragments drifted; update MUTANTS:\n" + "\n".join(bad))
+
+
+def copy_tree(dst: Path) -> None:
+    for f in tracked_files():
+        target = dst / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, target)
+
+
+def env_for(scratch: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(scratch), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               # a mutant and its restored original can have equal size and mtime second: never trust .pyc
+               PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def check_imports(scratch: Path) -> None:
+    code = "import inference_engine, kv_cache_proposer; print(inference_engine.__file__); print(kv_cache_proposer.__file__)"
+    out = subprocess.run([str(PYTHON), "-c", code], cwd=scratch, env=env_for(scratch), check=True,
+                         capture_output=True, text=True).stdout.split()
+    if not all(Path(p).resolve().is_relative_to(scratch.resolve()) for p in out):
+        sys.exit(f"the scratch copy is not what gets imported: {out}")
+
+
+def run_tests(scratch: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([str(PYTHON), "-m", "pytest", "-x", "-q", "--no-header", *tests], cwd=scratch,
+                           env=env_for(scratch), capture_output=True, text=True, timeout=TIMEOUT_S)
+        rc, out = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out = -1, f"timed out after {TIMEOUT_S}s\n{e.stdout or ''}"
+    return rc, time.monotonic() - t0, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    ap.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy and print its path")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print the test output of survivors and errors")
+    args = ap.parse_args()
+
+    names = [m.name for m in MUTANTS]
+    assert len(set(names)) == len(names), "mutant names must be unique"
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:40s} {m.file}\n    {m.original!r}\n -> {m.replacement!r}\n    tests: {' '.join(m.tests)}")
+        return 0
+    chosen = MUTANTS
+    if args.only:
+        unknown = set(args.only) - set(names)
+        if unknown:
+            sys.exit(f"unknown mutant(s): {', '.join(sorted(unknown))}; see --list")
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    check_fragments(chosen)
+
+    scratch = Path(tempfile.mkdtemp(prefix="kakeya-mutants-"))
+    try:
+        copy_tree(scratch)
+        check_imports(scratch)
+        baseline = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        rc, secs, out = run_tests(scratch, baseline)
+        print(f"baseline (unmutated, {len(baseline)} test ids): rc={rc} in {secs:.0f}s", flush=True)
+        if rc != 0:
+            print(out[-6000:])
+            print("the unmutated tests must pass first", file=sys.stderr)
+            return 2
+        rows, survivors, errors = [], [], []
+        for m in chosen:
+            path = scratch / m.file
+            original = path.read_text()
+            path.write_text(original.replace(m.original, m.replacement, 1))
+            try:
+                rc, secs, out = run_tests(scratch, m.tests)
+            finally:
+                path.write_text(original)
+            # pytest: 1 = tests failed, 2 = collection/import error; both mean the mutant was caught.
+            # 4 (usage, e.g. an unknown node id) and 5 (nothing collected) mean the mutant's tests are wrong.
+            if rc in (1, 2, -1):
+                verdict = "killed" if rc != -1 else "killed (timeout)"
+            elif rc == 0:
+                verdict = "SURVIVED"
+                survivors.append(m.name)
+            else:
+                verdict = f"ERROR rc={rc}"
+                errors.append(m.name)
+            rows.append((m.name, verdict, secs))
+            print(f"{m.name:40s} {verdict:18s} {secs:6.1f}s", flush=True)
+            if args.verbose and verdict not in ("killed", "killed (timeout)"):
+                print(out[-4000:])
+        total = sum(r[2] for r in rows)
+        print(f"\n{'mutant':40s} {'result':18s} seconds")
+        for name, verdict, secs in rows:
+            print(f"{name:40s} {verdict:18s} {secs:7.1f}")
+        print(f"{len(rows) - len(survivors) - len(errors)}/{len(rows)} killed; mutant runs {total:.0f}s")
+        if survivors:
+            print("survived: " + ", ".join(survivors), file=sys.stderr)
+        if errors:
+            print("errors: " + ", ".join(errors), file=sys.stderr)
+        return 1 if survivors or errors else 0
+    finally:
+        if args.keep:
+            print(f"scratch copy kept at {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
