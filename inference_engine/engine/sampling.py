@@ -59,6 +59,7 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         probs = sorted_x.softmax(-1)
         # drop a token when the mass strictly before it already reaches top_p (always keeps the first)
         drop = (probs.cumsum(-1) - probs) >= params.top_p
+        drop[..., 0] = False  # the top token always stays, even for a top_p that rounds to 0 in float32
         x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
     if params.min_p > 0.0:
         probs = x.softmax(-1)
