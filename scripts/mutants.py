@@ -119,6 +119,9 @@ MUTANTS: list[Mutant] = [
     Mutant("attach_keeps_a_stale_position", CORE,
            "cache.trim(cache.length - keep)", "cache.trim(max(0, cache.length - keep - 1))",
            (f"{SS}::test_inv1_cache_contents_after_a_diverging_prompt",)),
+    Mutant("common_prefix_one_too_long", STORE,
+           "if a[i] != b[i]:\n            return i\n", "if a[i] != b[i]:\n            return i + 1\n",
+           (f"{SS}::test_inv1_cache_contents_after_a_diverging_prompt",)),
     Mutant("fit_keeps_newest_token", STORE,
            "cache.trim(cache.length - max(0, len(history) - 1))", "cache.trim(cache.length - max(0, len(history)))",
            (f"{SS}::test_inv1_stop_inside_accepted_draft_is_trimmed",)),
@@ -140,12 +143,13 @@ def tracked_files() -> list[str]:
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
-def check_fragments(mutants: list[Mutant]) -> None:
+def check_fragments(root: Path, mutants: list[Mutant]) -> None:
     """Fail loudly when a fragment is not exactly once in its file: the code drifted."""
     bad = []
     for m in mutants:
-        n = (REPO / m.file).read_text().count(m.original)
-        if n != 1:
+        path = root / m.file
+        n = path.read_text().count(m.original) if path.is_file() else 0
+        if n != 1 or m.original == m.replacement:
             bad.append(f"  {m.name}: {m.original!r} found {n} times in {m.file} (expected exactly once)")
     if bad:
         sys.exit("mutant fragments drifted; update MUTANTS:\n" + "\n".join(bad))
@@ -181,7 +185,8 @@ def run_tests(scratch: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
                            env=env_for(scratch), capture_output=True, text=True, timeout=TIMEOUT_S)
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
-        rc, out = -1, f"timed out after {TIMEOUT_S}s\n{e.stdout or ''}"
+        partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc, out = -1, f"timed out after {TIMEOUT_S}s\n{partial}"
     return rc, time.monotonic() - t0, out
 
 
@@ -205,11 +210,10 @@ def main() -> int:
         if unknown:
             sys.exit(f"unknown mutant(s): {', '.join(sorted(unknown))}; see --list")
         chosen = [m for m in MUTANTS if m.name in args.only]
-    check_fragments(chosen)
-
     scratch = Path(tempfile.mkdtemp(prefix="kakeya-mutants-"))
     try:
         copy_tree(scratch)
+        check_fragments(scratch, chosen)  # on the copy: the tree may change under us while this runs
         check_imports(scratch)
         baseline = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
         rc, secs, out = run_tests(scratch, baseline)

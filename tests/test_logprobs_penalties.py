@@ -72,18 +72,26 @@ def test_penalties_change_output_and_stay_lossless(tiny_llm, kind):
         assert tiny_llm.generate(PROMPT, pen, SpeculativeParams("ngram", k)).token_ids == b
 
 
-@pytest.mark.parametrize("kind,value", [("presence_penalty", 1.0), ("frequency_penalty", 0.5)])
-def test_penalties_see_accepted_drafts(small_loaded, kind, value):
+ALPHABET_BIAS = tuple((t, 30.0) for t in (538, 818, 1195))
+
+
+@pytest.mark.parametrize("kind,value,method", [
+    ("presence_penalty", 2.0, "draft"), ("frequency_penalty", 1.0, "draft"), ("frequency_penalty", 0.5, "ngram"),
+])
+def test_penalties_see_accepted_drafts(small_loaded, kind, value, method):
     """Verify row i is penalised for the generated tokens plus drafts d1..d_i, as plain decoding
-    would be after emitting them. The alphabet bias makes the model write in 3 tokens, so n-gram
-    drafts are accepted at rows >= 1 and the penalties there depend on the drafts before them."""
-    sp = SamplingParams(max_tokens=32, ignore_eos=True, logit_bias=tuple((t, 30.0) for t in (538, 818, 1195)), **{kind: value})
+    would be after emitting them. The draft model here is the verifier itself, unpenalised: its
+    drafts repeat tokens, which the penalty at a later row of the same step must see. For n-gram,
+    an alphabet bias makes the model write in 3 tokens, so drafts hit past row 0 often."""
+    bias = ALPHABET_BIAS if method == "ngram" else ()
+    sp = SamplingParams(max_tokens=32, ignore_eos=True, logit_bias=bias, **{kind: value})
     plain, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, PLAIN)
     unpenalised, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, replace(sp, **{kind: 0.0}), PLAIN)
     assert plain != unpenalised  # the penalty matters here
+    llm = fresh_llm(small_loaded, small_loaded if method == "draft" else None)
     deep = 0
     for k in (2, 4, 8):
-        out, steps = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, SpeculativeParams("ngram", k))
+        out, steps = run_steps(llm, SMALL_PROMPT, sp, SpeculativeParams(method, k))
         assert out == plain, f"k={k}"
         deep += sum(1 for _, accepted in steps if accepted >= 2)
     assert deep >= 3, "drafts must be accepted past row 0"

