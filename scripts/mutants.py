@@ -134,6 +134,7 @@ MUTANTS: list[Mutant] = [
     Mutant("budget_never_evicts_sessions", STORE,
            "if s.busy or s.cache is None:", "if s.busy or s.cache is None or not s.anonymous:",
            (f"{SS}::test_inv2_lru_eviction_by_bytes",)),
+    # -- edges (abort on disconnect, session busy, ...): append here ----------------------------
 ]
 
 

@@ -101,7 +101,9 @@ def test_draft_model_sampling_matches_verifier_distribution(micro_pair):
         key = tuple(out.token_ids)
         assert key in exact, f"{key} has probability zero under the verifier"
         seen[key] = seen.get(key, 0) + 1
-        accepted, recovered, bonus = accepted + out.spec.accepted_tokens, recovered + out.spec.recovered_tokens, bonus + out.spec.bonus_tokens
+        accepted += out.spec.accepted_tokens
+        recovered += out.spec.recovered_tokens
+        bonus += out.spec.bonus_tokens
     assert accepted > n / 2 and recovered > n / 4 and bonus > n / 4, (accepted, recovered, bonus)  # drafting really happened
     # cells expected >= 5 times are tested one by one, the rest pooled into one cell
     big = [c for c, pr in exact.items() if pr * n >= 5]
