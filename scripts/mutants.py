@@ -50,6 +50,13 @@ ACC = "tests/test_acceptance.py"
 PROP = "tests/test_speculative_proposers.py"
 LP = "tests/test_logprobs_penalties.py"
 SS = "tests/test_session_store.py"
+AENG = "inference_engine/engine/async_engine.py"
+APP = "inference_engine/http/app.py"
+GEN = "inference_engine/http/generation.py"
+HTTP = "tests/test_http_server.py"
+ROB = "tests/test_robustness.py"
+ISO = "tests/test_isolation.py"
+ENG = "tests/test_engine_faults.py"
 
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
@@ -135,6 +142,53 @@ MUTANTS: list[Mutant] = [
            "if s.busy or s.cache is None:", "if s.busy or s.cache is None or not s.anonymous:",
            (f"{SS}::test_inv2_lru_eviction_by_bytes",)),
     # -- edges (abort on disconnect, session busy, ...): append here ----------------------------
+    Mutant("abort_never_queued", AENG,
+           "if not self._ended and self._abort is None:", "if False:",
+           (f"{HTTP}::test_disconnect_mid_stream_aborts",)),
+    Mutant("whole_request_ignores_disconnect", APP,
+           "if await request.is_disconnected():", "if False and await request.is_disconnected():",
+           (f"{ROB}::test_client_leaving_stops_its_work[decoding-whole]",)),
+    Mutant("busy_session_not_refused", STORE,
+           "            if s.busy:", "            if False:",
+           (f"{ROB}::test_two_requests_on_one_session", f"{ISO}::test_grpc_sessions_are_per_key_and_append_during_generate_is_refused")),
+    Mutant("check_in_leaves_session_busy", STORE,
+           "            s.busy = False", "            s.busy = s.busy",
+           (f"{ENG}::test_failed_step_checks_the_session_in_without_its_cache",)),
+    Mutant("cancelled_admission_not_undone", AENG,
+           "self._call(lambda: self._abort(f.result(), notify=False))", "None",
+           (f"{ENG}::test_cancel_while_admission_is_queued_never_hurts_the_engine",)),
+    Mutant("failing_step_kills_engine", AENG,
+           "        except Exception as e:  # noqa: BLE001 - fails the requests of this step, not the engine",
+           "        except ArithmeticError as e:",
+           (f"{ENG}::test_failing_step_fails_only_its_requests",)),
+    Mutant("failing_observer_kills_engine", AENG,
+           "            except Exception:  # noqa: BLE001 - metrics must never stop decoding",
+           "            except ArithmeticError:",
+           (f"{ENG}::test_failing_observer_does_not_stop_decoding",)),
+    Mutant("dead_engine_strands_streams", AENG,
+           "                stream.put(self._dead())", "                pass",
+           (f"{ENG}::test_dead_engine_ends_every_await_and_says_why",)),
+    Mutant("draining_still_admits", APP,
+           "        if self.draining:", "        if False:",
+           (f"{ROB}::test_sigterm_drains_then_aborts_and_exits_zero",)),
+    Mutant("abort_reported_as_stop", CORE,
+           "        req.finish_reason = FinishReason.ABORT", "        req.finish_reason = FinishReason.STOP",
+           (f"{ENG}::test_abort_all_reports_abort_and_frees_everything",)),
+    Mutant("prefix_cache_shared_across_keys", STORE,
+           "if s.anonymous and s.tenant == tenant:", "if s.anonymous:",
+           (f"{ISO}::test_prefix_cache_and_suffix_index_are_per_key",)),
+    Mutant("suffix_index_shared_across_keys", CORE,
+           "            return self.suffix_for(req.tenant)", "            return self.suffix",
+           (f"{ISO}::test_prefix_cache_and_suffix_index_are_per_key",)),
+    Mutant("prefix_entries_in_session_namespace", STORE,
+           'self._entries[("p", tenant, n)] = Session(', 'self._entries[("s", tenant, f"prefix-{n}")] = Session(',
+           (f"{ISO}::test_client_session_ids_never_touch_prefix_entries",)),
+    Mutant("stop_string_drops_engine_usage", GEN,
+           "                result = await stream.abort()", "                result = None",
+           (f"{ISO}::test_stop_string_keeps_usage_and_speculative_stats",)),
+    Mutant("capacity_checked_after_check_out", CORE,
+           "        self.scheduler.check_capacity()  # Overloaded before any session is touched", "        pass",
+           ("tests/test_sdk.py::test_capacity_errors",)),
 ]
 
 

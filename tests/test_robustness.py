@@ -175,6 +175,7 @@ def test_sigterm_drains_then_aborts_and_exits_zero(tiny_qwen3_dir):
         time.sleep(0.3)
         refused = httpx.post(s.url + "/v1/completions", json={**LONG, "max_tokens": 2}, timeout=30)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+        assert "retry against another instance" in refused.json()["error"]["message"]  # refused, not admitted
         code, out = s.wait(timeout=30)
         for t in threads:
             t.join(30)
