@@ -16,93 +16,17 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 from ..errors import EngineDead, StepFailed
-from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenLogprob
+from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
 from .llm import LLM
-from .request import Request
+from .request_stream import RequestStream, SessionInfo, _Stream
 from .validation import Limits, check_token_ids
 
 log = logging.getLogger(__name__)
 
-Token = tuple[int, Optional[TokenLogprob]]  # a generated token id and, if asked for, its logprob
-Item = Union[Token, EngineResult, BaseException]
 MAX_FAILED_STEPS = 5  # consecutive failing steps after which the engine declares itself dead
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """A snapshot of a session, taken on the engine thread."""
-
-    session_id: str
-    label: str
-    history_length: int
-    kv_cached_tokens: int
-    kv_bytes: int
-    idle_seconds: float
-    busy: bool
-    stats: SpecStats = field(default_factory=SpecStats)
-
-
-@dataclass(slots=True)
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: "asyncio.Queue[Item]"
-    request: Optional[Request] = None
-
-    def put(self, item: Item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
-            pass
-
-
-class RequestStream:
-    """One admitted request. Iterate it for (token, logprob) pairs, then its EngineResult.
-    `cancel()` (sync) or `abort()` ends it early; both are idempotent and safe after it finished."""
-
-    def __init__(self, engine: "AsyncEngine", request_id: str, q: "asyncio.Queue[Item]"):
-        self.engine, self.request_id, self._queue = engine, request_id, q
-        self.result: Optional[EngineResult] = None
-        self._ended = False
-        self._abort: Optional[concurrent.futures.Future] = None
-
-    def __aiter__(self) -> AsyncIterator[Union[Token, EngineResult]]:
-        return self._items()
-
-    async def _items(self) -> AsyncIterator[Union[Token, EngineResult]]:
-        while not self._ended:
-            item = await self._queue.get()
-            if isinstance(item, BaseException):
-                self._ended = True
-                raise item
-            if isinstance(item, EngineResult):
-                self._ended, self.result = True, item
-            yield item
-
-    def cancel(self) -> None:
-        """Queue the abort now, without waiting: the engine frees the request before its next step."""
-        if not self._ended and self._abort is None:
-            self._abort = self.engine._call(lambda: self.engine._abort(self.request_id, notify=False))
-
-    async def abort(self) -> Optional[EngineResult]:
-        """End the request and wait until the engine has released it (its session is checked in);
-        returns its result (finish 'abort', or how it finished if it got there first)."""
-        self.cancel()
-        if self._abort is not None:
-            try:
-                result = await asyncio.shield(asyncio.wrap_future(self._abort))
-            except BaseException:  # noqa: BLE001 - cancelled again or the engine is dead: nothing to wait for
-                result = None
-            self._ended, self._abort = True, None
-            # it finished before the abort ran: its result is already queued
-            while result is None and not self._queue.empty():
-                item = self._queue.get_nowait()
-                result = item if isinstance(item, EngineResult) else None
-            self.result = self.result or result
-        return self.result
 
 
 class AsyncEngine:

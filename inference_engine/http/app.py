@@ -13,19 +13,18 @@ from ..auth import check_bearer
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine, RequestStream, SessionInfo
 from ..engine.validation import validate
-from ..errors import EngineDead, InvalidRequest, ModelNotFound, PayloadTooLarge, ShuttingDown
+from ..errors import EngineDead, InvalidRequest, ModelNotFound, ShuttingDown
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
 from . import errors
 from .generation import ChoiceEnd, run_choice
+from .middleware import COUNTED, BodyLimit, CountRefusals
 from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
-COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
-COUNTED = "kakeya_counted"  # scope state flag: the route recorded this request itself
 
 
 class ServerState:
@@ -63,8 +62,8 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="Kakeya", description="OpenAI-compatible local inference with lossless speculative decoding")
     errors.install(app)
     app.state.kakeya = state
-    app.add_middleware(_BodyLimit, limit=state.config.max_body_bytes)
-    app.add_middleware(_CountRefusals, state=state)  # outermost: sees the 413s too
+    app.add_middleware(BodyLimit, limit=state.config.max_body_bytes)
+    app.add_middleware(CountRefusals, metrics=lambda: state.metrics)  # outermost: sees the 413s too
 
     def auth(request: Request) -> str:
         """The caller's tenant: the hashed key it authenticated with ("" when the server has no keys)."""
@@ -132,44 +131,6 @@ def create_app(state: ServerState) -> FastAPI:
         return {"id": session_id, "object": "session.deleted", "deleted": True}
 
     return app
-
-
-class _CountRefusals:
-    """Counts completion requests answered with an error status before any generation (validation,
-    auth, model, admission, loading): `kakeya_requests_total{finish_reason="error"}`."""
-
-    def __init__(self, app, state: ServerState):
-        self.app, self.state = app, state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in COMPLETION_PATHS:
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400 \
-                    and not scope.get("state", {}).get(COUNTED) and self.state.metrics is not None:
-                self.state.metrics.observe_request(scope["path"], message["status"], "error", 0, 0, None,
-                                                   time.perf_counter() - t0)
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
-class _BodyLimit:
-    """Refuses an oversized body by its Content-Length before reading it (pure ASGI, so streaming
-    responses and disconnect detection pass through untouched)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or ()).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                e = PayloadTooLarge(f"request body is {int(length)} bytes; the limit is {self.limit}")
-                return await errors.engine_error_response(e)(scope, receive, send)
-        await self.app(scope, receive, send)
 
 
 def _session(body, request: Request) -> Optional[str]:
