@@ -142,7 +142,7 @@ MUTANTS: list[Mutant] = [
            "if s.busy or s.cache is None:", "if s.busy or s.cache is None or not s.anonymous:",
            (f"{SS}::test_inv2_lru_eviction_by_bytes",)),
     # -- edges (abort on disconnect, session busy, ...): append here ----------------------------
-    Mutant("abort_never_queued", AENG,
+    Mutant("abort_never_queued", "inference_engine/engine/request_stream.py",
            "if not self._ended and self._abort is None:", "if False:",
            (f"{HTTP}::test_disconnect_mid_stream_aborts",)),
     Mutant("whole_request_ignores_disconnect", APP,
