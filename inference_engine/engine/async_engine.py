@@ -220,21 +220,22 @@ class AsyncEngine:
             raise
         return RequestStream(self, rid, stream.queue)
 
-    async def abort_all(self) -> int:
-        """Server shutdown: end every queued and running request; their streams get finish 'abort'."""
-        def job() -> int:
-            rids = list(self._streams)
-            for rid in rids:
-                self._abort(rid)
-            return len(rids)
+    def _abort_every(self) -> int:
+        """Engine thread: end every queued and running request; their streams get finish 'abort'."""
+        rids = list(self._streams)
+        for rid in rids:
+            self._abort(rid)
+        return len(rids)
 
-        return await asyncio.wrap_future(self._call(job))
+    async def abort_all(self) -> int:
+        """Server shutdown: end every queued and running request; returns how many there were."""
+        return await asyncio.wrap_future(self._call(self._abort_every))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Abort what is in flight (callers get finish 'abort'), then stop the thread; later calls get EngineDead."""
         if self._thread.is_alive():
             try:
-                self._call(lambda: [self._abort(rid) for rid in list(self._streams)]).result(timeout)
+                self._call(self._abort_every).result(timeout)
             except Exception:  # noqa: BLE001 - dead or stuck: stopping is all that is left
                 pass
         with self._lock:

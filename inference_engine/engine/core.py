@@ -56,7 +56,7 @@ class EngineCore:
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, tuple(sorted(self.proposers)),
-                             config.max_waiting, config.speculative)
+                             config.speculative)
         self._ids = itertools.count()
 
     def add_request(

@@ -16,7 +16,6 @@ class Limits:
     max_context: int
     max_draft_tokens: int
     methods: tuple[str, ...]  # speculative methods this engine serves
-    max_waiting: int
     default_spec: SpeculativeParams
 
 

@@ -196,7 +196,7 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
                                       [g for e in ends for g in e.token_gaps])
 
-    streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)  # refusals: _CountRefusals
+    streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)  # refusals: CountRefusals
     tools = chat and bool(body.tools) and body.tool_choice != "none"
     out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, tools,
                      body.num_logprobs is not None, body.return_token_ids)
