@@ -14,6 +14,7 @@ class ModelConfig:
     dtype: str = "auto"          # auto | float32 | bfloat16 | float16
     cache_dir: Optional[str] = None  # GGUF→safetensors conversions; None = user cache dir
     quantization: str = "none"       # none | int8 | int4: weight-only, CPU packed kernels
+    verify_weights: str = "auto"     # auto | same | bf16: bfloat16 copy for verify/prefill of a quantized model
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class EngineConfig:
     ngram_min: int = 2
     max_draft_tokens: int = 16
     suffix_cache_tokens: int = 100_000  # memory bound of the cross-request suffix index
-    adaptive_max_k: int = 8             # longest draft the adaptive controller considers
+    adaptive_max_k: int = 16            # longest draft the controller considers (calibrated k = 0..16)
     calibration_file: Optional[str] = None  # where measured verify-cost curves are cached; None = measure each start
     cost_curve: Optional[tuple[float, ...]] = None  # pin t(k)/t(0) instead of measuring (reproducible runs)
     max_batch: int = 8                  # decoding requests verified together in one forward

@@ -1,9 +1,19 @@
-"""Measure the verifier's cost curve t(k)/t(0) on the device in use (cached per model/device/dtype)."""
+"""Seed the verify-cost model: time t(k)/t(0) once on the device in use, cached on disk.
+
+The cache key names everything the curve depends on: model, device, dtype and weight format,
+and the machine (CPU model, torch threads, torch version), so a curve measured on one machine
+or thread count is never reused on another. It is only a seed: the engine refines it online.
+"""
 from __future__ import annotations
 
+import json
+import platform
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
-from kv_cache_proposer.adaptive import cached_cost_curve, measure_cost_curve
+import torch
 
 from ..config import EngineConfig
 from .verifier import Verifier
@@ -11,10 +21,61 @@ from .verifier import Verifier
 CONTEXT = 64  # cached tokens during calibration: a typical short-chat position
 
 
+def measure_cost_curve(run: Callable[[int], None], max_k: int, repeats: int = 3) -> list[float]:
+    """run(k) does one verify forward with k draft tokens. Returns [1.0, t(1)/t(0), ...],
+    made non-decreasing (a longer verify is never cheaper; dips are timing noise)."""
+    run(max_k)  # warm-up
+    times = []
+    for k in range(max_k + 1):
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(k)
+            samples.append(time.perf_counter() - t0)
+        times.append(statistics.median(samples))
+    curve, worst = [], 0.0
+    for t in times:
+        worst = max(worst, t / times[0])
+        curve.append(worst)
+    return curve
+
+
+def cached_cost_curve(path: Path, key: str, measure: Callable[[], list[float]]) -> list[float]:
+    """The cost curve for `key` from a JSON cache file, measuring once."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if key not in data:
+        data[key] = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+    return data[key]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def weight_format(model: torch.nn.Module) -> str:
+    """dtype, plus the packed kernel class when the linear layers are quantized."""
+    kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Int4Linear", "Int8Linear")})
+    return "+".join([str(model.dtype).removeprefix("torch."), *kinds])
+
+
+def calibration_key(verifier: Verifier, max_k: int) -> str:
+    model = verifier.model
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    machine = f"{cpu_model()}|threads{torch.get_num_threads()}|torch{torch.__version__}"
+    return f"{name}|{verifier.device}|{weight_format(model)}|{machine}|k{max_k}"
+
+
 def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
     if config.cost_curve is not None:
         return list(config.cost_curve)
-    model = verifier.model
     max_k = config.adaptive_max_k
     base = verifier.new_cache()
     verifier.forward(base, [0] * CONTEXT, 1)
@@ -28,5 +89,4 @@ def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
 
     if config.calibration_file is None:
         return measure()
-    key = f"{getattr(model.config, '_name_or_path', '') or type(model).__name__}|{verifier.device}|{model.dtype}|k{max_k}"
-    return cached_cost_curve(Path(config.calibration_file), key, measure)
+    return cached_cost_curve(Path(config.calibration_file), calibration_key(verifier, max_k), measure)

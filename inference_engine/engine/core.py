@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Optional, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from ..errors import InvalidRequest
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback, TokenLogprob
 from .acceptance import Acceptance, accept_greedy, accept_sampled
 from .calibration import cost_curve
+from .cost_model import CostModel
 from .request import Request
 from .sampling import adjust_logits, make_generator, position_generator, target_probs
 from .scheduler import Scheduler
@@ -52,6 +54,7 @@ class EngineCore:
         self.suffix = suffix  # the index of tenant "" (no API keys, or caches shared across keys)
         self._suffixes: dict[str, SuffixProposer] = {"": suffix}
         self._controller: Optional[AdaptiveController] = None
+        self._costs: Optional[CostModel] = None
         self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
@@ -135,9 +138,12 @@ class EngineCore:
     def step(self) -> StepStats:
         batch = self.scheduler.schedule()
         drafts = self.propose(batch)
-        before = self.verifier.forwards
+        before, decoding, t0 = self.verifier.forwards, _decoding(batch), time.perf_counter()
         logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
-        outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]
+        outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]  # syncs the device
+        if decoding and self._costs is not None:
+            k, context = max(len(d.tokens) for d in drafts), max(r.num_tokens for r in batch)
+            self._costs.observe(k, len(batch), context, time.perf_counter() - t0)
         stats = self.update(batch, drafts, outcomes, logits)
         stats.forwards = self.verifier.forwards - before
         return stats
@@ -146,10 +152,16 @@ class EngineCore:
 
     @property
     def controller(self) -> AdaptiveController:
-        """Built on first use: calibrating the verify-cost curve takes a few forwards."""
+        """Built on first use, with the cost model: calibrating its seed takes a few forwards."""
         if self._controller is None:
-            self._controller = AdaptiveController(cost_curve(self.verifier, self.config))
+            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
+            self._controller = AdaptiveController()
         return self._controller
+
+    @property
+    def costs(self) -> CostModel:
+        self.controller
+        return self._costs
 
     def proposer_for(self, req: Request) -> Proposer:
         if req.spec.method in ("suffix", "auto"):
@@ -162,10 +174,13 @@ class EngineCore:
             self._suffixes[tenant] = SuffixProposer(self.config.suffix_cache_tokens)
         return self._suffixes[tenant]
 
-    def num_draft_tokens(self, req: Request) -> int:
-        """k for this step: never draft past max_tokens or the context window; `auto` asks the controller."""
+    def num_draft_tokens(self, req: Request, batch_size: int = 1) -> int:
+        """k for this step: never draft past max_tokens or the context window; `auto` asks the
+        controller, with the verify cost at this batch size and context."""
         k = self._draft_cap(req)
-        return self.controller.choose_k(req.request_id, k) if req.spec.method == "auto" else k
+        if req.spec.method != "auto" or k == 0:
+            return k
+        return self.controller.choose_k(req.request_id, k, self.costs.curve(batch_size, req.num_tokens))
 
     def _draft_cap(self, req: Request) -> int:
         if req.spec.method == "none":
@@ -178,21 +193,16 @@ class EngineCore:
         for i, req in enumerate(batch):
             groups.setdefault((req.spec.method, req.tenant), []).append(i)
         for (method, _), idx in groups.items():
-            ks = [self.num_draft_tokens(batch[i]) for i in idx]
+            ks = [self.num_draft_tokens(batch[i], len(batch)) for i in idx]
+            # auto at k = 0 still asks for one token, a shadow draft: compared with what the verifier
+            # emits, it shows acceptance recovering without paying for a verify
+            asked = [max(k, 1) if method == "auto" and self._draft_cap(batch[i]) else k for i, k in zip(idx, ks)]
             proposer = self.proposer_for(batch[idx[0]])
-            for i, k, draft in zip(idx, ks, proposer.propose([batch[i] for i in idx], ks)):
+            for i, k, a, draft in zip(idx, ks, asked, proposer.propose([batch[i] for i in idx], asked)):
                 drafts[i] = draft.truncate(k)
-                if method == "auto" and k == 0:
-                    self._propose_shadow(batch[i])
+                if k < a and draft.tokens:
+                    self._shadow[batch[i].request_id] = draft.tokens[0]
         return drafts
-
-    def _propose_shadow(self, req: Request) -> None:
-        """While auto decodes plainly, the (free) first draft token is compared with what the verifier
-        emits, so the controller sees acceptance recover without paying for a verify."""
-        if self._draft_cap(req) > 0:
-            draft = self.proposer_for(req).propose([req], [1])[0]
-            if draft.tokens:
-                self._shadow[req.request_id] = draft.tokens[0]
 
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
@@ -260,6 +270,11 @@ class EngineCore:
         elif self.config.prefix_cache:
             self.sessions.put_prefix(req.token_ids, req.cache, req.tenant)
         req.cache = None
+
+
+def _decoding(batch: Sequence[Request]) -> bool:
+    """Every request feeds one uncached token: a decode/verify step the cost model times."""
+    return all(r.cache is not None and r.cache.length == r.num_tokens - 1 for r in batch)
 
 
 def _logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
