@@ -57,6 +57,9 @@ HTTP = "tests/test_http_server.py"
 ROB = "tests/test_robustness.py"
 ISO = "tests/test_isolation.py"
 ENG = "tests/test_engine_faults.py"
+ADAPT = "kv_cache_proposer/adaptive.py"
+COST = "inference_engine/engine/cost_model.py"
+AD = "tests/test_adaptive.py"
 
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
@@ -189,6 +192,38 @@ MUTANTS: list[Mutant] = [
     Mutant("capacity_checked_after_check_out", CORE,
            "        self.scheduler.check_capacity()  # Overloaded before any session is touched", "        pass",
            ("tests/test_sdk.py::test_capacity_errors",)),
+    # -- the adaptive controller's decisions and the cost model --------------------------------
+    Mutant("untested_positions_get_fixed_prior", ADAPT,
+           "prior = (h + CHAIN_WEIGHT * prior) / (t + CHAIN_WEIGHT)", "prior = (h + CHAIN_WEIGHT * 0.5) / (t + CHAIN_WEIGHT)",
+           (f"{AD}::test_untested_positions_inherit_the_last_tested_one",)),
+    Mutant("untested_beyond_reject_counted_as_tested", ADAPT,
+           "tested = min(drafted, accepted + 1)", "tested = drafted",
+           (f"{AD}::test_a_reject_position_is_learned", f"{AD}::test_decisions_follow_a_change_of_regime")),
+    Mutant("no_noise_margin", ADAPT,
+           "best, best_value = 0, MARGIN / cost[0]", "best, best_value = 0, 1.0 / cost[0]",
+           (f"{AD}::test_cost_curve_decides_the_break_even",)),
+    Mutant("cost_ignored", ADAPT,
+           "value = tokens / (cost[k] + draft_cost * k)", "value = tokens / (1.0 + draft_cost * k)",
+           (f"{AD}::test_cost_curve_decides_the_break_even", f"{AD}::test_never_matching_drafts_choose_plain_without_probing")),
+    Mutant("evidence_never_decays", ADAPT,
+           "self._counts(request_id).add(drafted, accepted, DECAY)", "self._counts(request_id).add(drafted, accepted, 1.0)",
+           (f"{AD}::test_decisions_follow_a_change_of_regime",)),
+    Mutant("no_method_prior", ADAPT,
+           "counts = self._requests[request_id] = Counts([PRIOR_WEIGHT * first], [PRIOR_WEIGHT])",
+           "counts = self._requests[request_id] = Counts([PRIOR_WEIGHT * PRIOR], [PRIOR_WEIGHT])",
+           (f"{AD}::test_method_prior_carries_across_requests_and_release_forgets",)),
+    Mutant("shadow_not_recorded", CORE,
+           "if k < a and draft.tokens:", "if False:",
+           (f"{PROP}::test_auto_notices_when_drafts_start_matching",)),
+    Mutant("cost_mean_not_median", COST,
+           "self._median[key] = statistics.median(samples)", "self._median[key] = statistics.fmean(samples)",
+           (f"{AD}::test_cost_model_median_ignores_outliers_and_corrects_the_seed",)),
+    Mutant("cost_seed_not_scaled", COST,
+           "curve.append(self.seed[k] * scale)", "curve.append(self.seed[k])",
+           (f"{AD}::test_cost_model_median_ignores_outliers_and_corrects_the_seed",)),
+    Mutant("cost_pinned_moves", COST,
+           "if not self.online or k > self.max_k:", "if k > self.max_k:",
+           (f"{AD}::test_cost_model_pinned_is_not_moved",)),
 ]
 
 

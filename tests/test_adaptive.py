@@ -54,6 +54,7 @@ def test_a_reject_position_is_learned():
         ctrl.observe("r", 4, 1)  # position 0 always accepted, position 1 always rejected
     rates = ctrl.rates("r", 4)
     assert rates[0] > 0.85 and rates[1] < 0.25 and rates[3] < 0.25  # untested positions inherit the reject
+    assert rates[2] == pytest.approx(rates[1])  # drafts after the first reject were never tested: no evidence
     assert ctrl.choose_k("r", 8, CPU_LIKE) <= 2  # not the cap: the reject bounds what is worth drafting
 
 
