@@ -153,15 +153,18 @@ class EngineCore:
     @property
     def controller(self) -> AdaptiveController:
         """Built on first use, with the cost model: calibrating its seed takes a few forwards."""
-        if self._controller is None:
-            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
-            self._controller = AdaptiveController()
+        self._build_adaptive()
         return self._controller
 
     @property
     def costs(self) -> CostModel:
-        self.controller
+        self._build_adaptive()
         return self._costs
+
+    def _build_adaptive(self) -> None:
+        if self._controller is None:
+            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
+            self._controller = AdaptiveController()
 
     def proposer_for(self, req: Request) -> Proposer:
         if req.spec.method in ("suffix", "auto"):
@@ -177,15 +180,17 @@ class EngineCore:
     def num_draft_tokens(self, req: Request, batch_size: int = 1) -> int:
         """k for this step: never draft past max_tokens or the context window; `auto` asks the
         controller, with the verify cost at this batch size and context."""
-        k = self._draft_cap(req)
-        if req.spec.method != "auto" or k == 0:
-            return k
-        return self.controller.choose_k(req.request_id, k, self.costs.curve(batch_size, req.num_tokens))
+        return self._choose_k(req, self._draft_cap(req), batch_size)
 
     def _draft_cap(self, req: Request) -> int:
         if req.spec.method == "none":
             return 0
         return max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
+
+    def _choose_k(self, req: Request, cap: int, batch_size: int) -> int:
+        if req.spec.method != "auto" or cap == 0:
+            return cap
+        return self.controller.choose_k(req.request_id, cap, self.costs.curve(batch_size, req.num_tokens))
 
     def propose(self, batch: Sequence[Request]) -> list[Draft]:
         drafts: list[Draft] = [Draft([]) for _ in batch]
@@ -193,10 +198,11 @@ class EngineCore:
         for i, req in enumerate(batch):
             groups.setdefault((req.spec.method, req.tenant), []).append(i)
         for (method, _), idx in groups.items():
-            ks = [self.num_draft_tokens(batch[i], len(batch)) for i in idx]
+            caps = [self._draft_cap(batch[i]) for i in idx]
+            ks = [self._choose_k(batch[i], cap, len(batch)) for i, cap in zip(idx, caps)]
             # auto at k = 0 still asks for one token, a shadow draft: compared with what the verifier
             # emits, it shows acceptance recovering without paying for a verify
-            asked = [max(k, 1) if method == "auto" and self._draft_cap(batch[i]) else k for i, k in zip(idx, ks)]
+            asked = [max(k, 1) if method == "auto" and cap else k for k, cap in zip(ks, caps)]
             proposer = self.proposer_for(batch[idx[0]])
             for i, k, a, draft in zip(idx, ks, asked, proposer.propose([batch[i] for i in idx], asked)):
                 drafts[i] = draft.truncate(k)
