@@ -81,6 +81,11 @@ def test_quantized_engine_equals_quantized_hf_reference(tiny_loaded, method):
                              eos_token_id=None, pad_token_id=0)[0, len(PROMPT):].tolist()
     assert ours == ref
     assert llm.generate(PROMPT, sp, SpeculativeParams("ngram", 4)).token_ids == ours
+    # a fresh engine on the same model (the cold benchmark's case) reuses the fused layers
+    again = LLM(LoadedModel(model, tiny_loaded.tokenizer, tiny_loaded.info), EngineConfig(prefix_cache=False))
+    first, second = llm.core.verifier.fast.blocks[0], again.core.verifier.fast.blocks[0]
+    assert second.qkv is first.qkv and second.gate_up is first.gate_up
+    assert again.generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids == ours
     plain_float = LLM(tiny_loaded, EngineConfig()).generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids
     assert len(set(ours)) > 5 and ours != [plain_float[0]] * 24  # a real model, not a constant
 

@@ -162,7 +162,20 @@ def fusable(layers: list[nn.Module]) -> bool:
 def fuse(layers: list[nn.Module]) -> Optional[nn.Module]:
     """One layer computing the given layers' outputs side by side (q/k/v, gate/up): one GEMV reads
     all their weights, and no weight memory is duplicated: the originals still work (the eager
-    path runs them). None when the layers are not all of one fusable kind."""
+    path runs them). None when the layers are not all of one fusable kind. Fused once per model:
+    a later fast decoder on the same layers (a fresh engine) gets the same module back, so it
+    neither repacks int4 codes nor re-copies float rows."""
+    key = tuple(id(m) for m in layers)
+    done = getattr(layers[0], "_fused_with", None)  # (key, fused): a tuple, not a registered submodule
+    if done is not None and done[0] == key:
+        return done[1]
+    fused = _fuse(layers)
+    if fused is not None:
+        layers[0]._fused_with = (key, fused)
+    return fused
+
+
+def _fuse(layers: list[nn.Module]) -> Optional[nn.Module]:
     if not fusable(layers):
         return None
     kind, bias = type(layers[0]), _cat([m.bias for m in layers])

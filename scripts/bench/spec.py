@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, write_result  # noqa: E402
+from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
 from spec_modes import ColdColumn, compare, result_name, split_modes  # noqa: E402
 from spec_report import add_distributions, overlap, report, targets  # noqa: E402
 from workloads import generated  # noqa: E402
@@ -53,11 +54,13 @@ from workloads import generated  # noqa: E402
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
 from inference_engine.models import load_model  # noqa: E402
+from inference_engine.models.loader import default_gguf  # noqa: E402
 from inference_engine.tokenizer import apply_chat_template, decode  # noqa: E402
 from inference_engine.types import SamplingParams, SpecStats, SpeculativeParams  # noqa: E402
 
 WORKLOADS = Path(__file__).parent / "workloads"
 HF_PLAIN, HF_LOOKUP = "hf", "hf-lookup"
+LLAMA_PLAIN, LLAMA_LOOKUP = "llama.cpp", "llama.cpp-lookup"
 
 
 def load_workload(name: str) -> dict:
@@ -71,6 +74,7 @@ def load_workload(name: str) -> dict:
 
 
 def hf_column(loaded, name: str):
+    """HF `generate` on the same weights: plain, or prompt lookup (10 tokens); keeps no state."""
     gen_cfg = copy.deepcopy(loaded.model.generation_config)
     gen_cfg.eos_token_id = list(loaded.info.eos_ids)  # the same stop ids as our engine
     gen_cfg.do_sample, gen_cfg.temperature, gen_cfg.top_p, gen_cfg.top_k = False, None, None, None
@@ -87,10 +91,22 @@ def hf_column(loaded, name: str):
     return hf
 
 
-def make_column(loaded, name: str, k: int, config: EngineConfig = EngineConfig()):
+def llama_column(loaded, peer, name: str):
+    """llama.cpp (llama-cpp-python, the GGUF of the same model), greedy, its prompt cache dropped
+    before every request, so it is stateless like HF; lookup = its prompt-lookup decoding (10)."""
+    stop = list(loaded.info.eos_ids)
+
+    def llama(ids, max_tokens):
+        return peer.generate(ids, max_tokens, stop, lookup=name == LLAMA_LOOKUP, fresh=True)[0], None
+    return llama
+
+
+def make_column(loaded, name: str, k: int, config: EngineConfig = EngineConfig(), peer=None):
     """A function (prompt_ids, max_tokens) -> (output ids, SpecStats or None) with its own state (warm)."""
     if name in (HF_PLAIN, HF_LOOKUP):
         return hf_column(loaded, name)
+    if name in (LLAMA_PLAIN, LLAMA_LOOKUP):
+        return llama_column(loaded, peer, name)
     llm = LLM(loaded, config)
     if name == "auto":
         llm.core.controller  # calibrate (or read) the verify-cost curve now, outside the timed runs
@@ -182,14 +198,14 @@ def calibrate(loaded, config: EngineConfig, warm_ids: list[int], k: int) -> list
     return next(iter(json.loads(Path(config.calibration_file).read_text()).values()))
 
 
-def build_columns(loaded, modes: list[str], methods: list[str], hf: list[str], k: int, config: EngineConfig) -> dict:
+def build_columns(loaded, modes: list[str], methods: list[str], hf: list[str], k: int, config: EngineConfig, peer=None) -> dict:
     cols: dict = {}
     for mode in modes:
         for m in methods:
             factory = lambda m=m: make_column(loaded, m, k, config)  # noqa: E731
             cols[f"{mode}/{m}"] = ColdColumn(factory) if mode == "cold" else factory()
     for c in hf:
-        cols[c] = make_column(loaded, c, k)
+        cols[c] = make_column(loaded, c, k, peer=peer)
     return cols
 
 
@@ -209,6 +225,8 @@ def parse_args():
                     help="new tokens per request for every workload (0: committed ones keep theirs, generated 192)")
     ap.add_argument("--requests", type=int, default=0, help="only the first R requests of each workload (smoke tests)")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF generate columns")
+    ap.add_argument("--llama-cpp", action="store_true",
+                    help="add llama.cpp plain and prompt-lookup columns (needs scripts/bench/install_llama_cpp.sh)")
     ap.add_argument("--out", default="", help="result name under scripts/bench/results/ (default: from mode and format)")
     return ap.parse_args()
 
@@ -221,6 +239,11 @@ def main() -> None:
     modes = ["cold", "warm"] if args.mode == "both" else [args.mode]
     methods = [m for m in args.methods.split(",") if m]
     hf = [] if args.no_hf else [HF_PLAIN, HF_LOOKUP]
+    peer = None
+    if args.llama_cpp:
+        if missing_reason() is not None:
+            sys.exit(missing_reason())
+        peer, hf = LlamaCppPeer(default_gguf()), hf + [LLAMA_PLAIN, LLAMA_LOOKUP]
     ref = "none" if "none" in methods else (methods + hf)[0]
     names = [n for n in args.workloads.split(",") if n]
     workloads = [load_workload(n) for n in names]
@@ -232,7 +255,7 @@ def main() -> None:
         config = EngineConfig(calibration_file=str(Path(tmp) / "calibration.json"))
         warm = apply_chat_template(tok, [{"role": "user", "content": "Say hello."}])
         curve = calibrate(loaded, config, warm, args.k)
-        cols = build_columns(loaded, modes, methods, hf, args.k, config)
+        cols = build_columns(loaded, modes, methods, hf, args.k, config, peer)
         for fn in cols.values():  # warm-up, untimed; not the cold columns (calibrate warmed the kernels)
             if not isinstance(fn, ColdColumn):
                 fn(warm, 16)
@@ -268,7 +291,7 @@ def main() -> None:
     path = write_result(name, {
         "env": {**environment(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}, "argv": sys.argv[1:],
         "model": loaded.info.name, "dtype": args.dtype, "quantization": args.quantization, "k": args.k,
-        "hf_prompt_lookup_num_tokens": 10, "hf_shared_between_modes": len(modes) == 2 and bool(hf),
+        "hf_prompt_lookup_num_tokens": 10, "llama_cpp": peer.version if peer else None, "hf_shared_between_modes": len(modes) == 2 and bool(hf),
         "reference": ref, "modes": modes, "calibration_curve": curve, "cold_setup": setup,
         "generated": {"n": args.generated, "seed": args.seed, "sources": generated.sources() if args.generated else None,
                       "requests": sources},
@@ -276,6 +299,8 @@ def main() -> None:
         **({"rows": rows["warm"]} if modes == ["warm"] else {"rows_by_mode": rows}),
         "overlap": overlaps, "reference_texts": texts,
     })
+    if peer is not None:
+        peer.close()
     print(report(rows, names, methods + hf, overlaps, sources, checks, fmt, cold_vs_warm, args.seed))
     if setup:
         print("\ncold engines built (untimed): " + ", ".join(f"{c} {s['engines']} in {s['setup_seconds']:.0f} s" for c, s in setup.items()))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 COPY_HEAVY = ("gen_copy", "gen_quote")  # the generated kinds whose task is a verbatim copy of the prompt
 OPEN_ENDED = ("chat", "gen_open")       # little of the answer is in the prompt: drafting must cost nothing
-PLAIN, HF_LOOKUP = "none", "hf-lookup"
+PLAIN, HF_LOOKUP, LLAMA_PLAIN = "none", "hf-lookup", "llama.cpp"
+PEERS = ("hf", HF_LOOKUP, LLAMA_PLAIN, "llama.cpp-lookup")  # not our proposers: never the "best fixed" one
 
 
 def lcs(a: list[int], b: list[int]) -> int:
@@ -103,7 +104,7 @@ def targets(modes: dict, names: list[str], weight_format: str, float32: bool) ->
     out = []
     for mode, rows in modes.items():
         cols = list(rows["all"])
-        fixed = [c for c in cols if c not in (PLAIN, "auto", "hf", HF_LOOKUP)]
+        fixed = [c for c in cols if c not in (PLAIN, "auto", *PEERS)]
         if "auto" in cols and fixed:
             for n in names:
                 best = max(fixed, key=lambda c: rows[n][c]["tok_s"])
@@ -122,10 +123,11 @@ def targets(modes: dict, names: list[str], weight_format: str, float32: bool) ->
                 r = auto / _pooled(rows, heavy, PLAIN)
                 out.append(_line(r >= 3 if mode == "cold" else None,
                                  f"{mode} copy-heavy ({', '.join(heavy)}): auto ≥ 3× own plain: {r:.2f}×{tag}"))
-            if HF_LOOKUP in cols:
-                r = auto / _pooled(rows, heavy, HF_LOOKUP)
-                out.append(_line(r >= 1.5 if mode == "cold" else None,
-                                 f"{mode} copy-heavy ({', '.join(heavy)}): auto ≥ 1.5× HF prompt lookup: {r:.2f}×{tag}"))
+            for peer, label in ((HF_LOOKUP, "HF prompt lookup"), (LLAMA_PLAIN, "llama.cpp plain")):
+                if peer in cols:
+                    r = auto / _pooled(rows, heavy, peer)
+                    out.append(_line(r >= 1.5 if mode == "cold" else None,
+                                     f"{mode} copy-heavy ({', '.join(heavy)}): auto ≥ 1.5× {label}: {r:.2f}×{tag}"))
     bad = total = 0
     seen: set[int] = set()  # HF columns are measured once and appear in every mode's table: count them once
     for rows in modes.values():
