@@ -60,6 +60,8 @@ ENG = "tests/test_engine_faults.py"
 ADAPT = "kv_cache_proposer/adaptive.py"
 COST = "inference_engine/engine/cost_model.py"
 AD = "tests/test_adaptive.py"
+VW = "inference_engine/models/verify_weights.py"
+QUANT = "inference_engine/models/quantize.py"
 
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
@@ -224,6 +226,13 @@ MUTANTS: list[Mutant] = [
     Mutant("cost_pinned_moves", COST,
            "if not self.online or k > self.max_k:", "if k > self.max_k:",
            (f"{AD}::test_cost_model_pinned_is_not_moved",)),
+    # -- verify-width-aware weights and int4 fusion ------------------------------------------------
+    Mutant("verify_width_without_margin", VW,
+           "if verify[w] >= (1.0 - margin) * step[w]:", "if verify[w] >= step[w]:",
+           ("tests/test_verify_weights.py::test_choose_width_on_pinned_timings",)),
+    Mutant("fusion_never_reused", QUANT,
+           "if done is not None and done[0] == key:", "if done is not None and done[0] != key:",
+           ("tests/test_quantize.py::test_quantized_engine_equals_quantized_hf_reference",)),
 ]
 
 

@@ -284,7 +284,7 @@ def main() -> None:
         for n in names:
             for r in rows[mode][n].values():
                 r.pop("outputs", None), r.pop("prompt_ids", None)
-    checks = targets(rows, names, fmt, fmt == "float32")
+    checks = targets(rows, names, fmt, fmt == "float32", overlaps)
     runtime = time.perf_counter() - start
     setup = {c: {"engines": f.engines, "setup_seconds": f.setup_seconds} for c, f in cols.items() if isinstance(f, ColdColumn)}
     name = result_name(args.out, args.mode, args.generated, bool(args.workloads), args.dtype, args.quantization)

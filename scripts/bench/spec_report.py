@@ -99,7 +99,28 @@ def _line(ok: bool | None, text: str) -> dict:
     return {"pass": ok, "text": f"{'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}"}
 
 
-def targets(modes: dict, names: list[str], weight_format: str, float32: bool) -> list[dict]:
+def _pooled_requests(rows: dict, picks: list[tuple[str, int]], column: str) -> float:
+    reqs = [rows[n][column]["requests"][i] for n, i in picks]
+    return sum(r["tokens"] for r in reqs) / sum(r["seconds"] for r in reqs)
+
+
+def measured_copy(modes: dict, overlaps: dict, threshold: float = 0.7) -> list[dict]:
+    """Informational: the requests whose *plain* output copies ≥ threshold of its tokens from the
+    prompt, whatever their workload label (the 135M model often does not copy when asked to)."""
+    picks = [(n, i) for n, ovs in overlaps.items() for i, o in enumerate(ovs) if o["copied"] >= threshold]
+    out = []
+    for mode, rows in modes.items():
+        cols = list(rows["all"])
+        if not picks or "auto" not in cols or PLAIN not in cols:
+            continue
+        auto = _pooled_requests(rows, picks, "auto")
+        parts = [f"{auto / _pooled_requests(rows, picks, c):.2f}× {c}" for c in cols if c != "auto"]
+        out.append(_line(None, f"{mode} requests whose plain output copies ≥ {threshold:.0%} of the prompt "
+                               f"({len(picks)}): auto = " + ", ".join(parts)))
+    return out
+
+
+def targets(modes: dict, names: list[str], weight_format: str, float32: bool, overlaps: dict | None = None) -> list[dict]:
     """The issue-12 targets, each computed from this run's rows; n/a where a column is missing."""
     out = []
     for mode, rows in modes.items():
@@ -128,6 +149,7 @@ def targets(modes: dict, names: list[str], weight_format: str, float32: bool) ->
                     r = auto / _pooled(rows, heavy, peer)
                     out.append(_line(r >= 1.5 if mode == "cold" else None,
                                      f"{mode} copy-heavy ({', '.join(heavy)}): auto ≥ 1.5× {label}: {r:.2f}×{tag}"))
+    out += measured_copy(modes, overlaps or {})
     bad = total = 0
     seen: set[int] = set()  # HF columns are measured once and appear in every mode's table: count them once
     for rows in modes.values():
