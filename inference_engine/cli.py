@@ -39,7 +39,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eager", action="store_true", default=_env("EAGER") == "1",
                    help="run the transformers forward instead of the fast path (the reference; slower)")
     p.add_argument("--compile", action="store_true", default=_env("COMPILE") == "1",
-                   help="torch.compile the fast path's decoder block (no gain measured on CPU; see docs/architecture.md)")
+                   help="compile the fast path's one-token step in the background and swap it in when ready "
+                        "(/healthz decode_path says which is live; docs/architecture.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ class EngineConfig:
     max_sessions: int = 256             # open client sessions; beyond → TooManySessions
     prefix_cache: bool = True           # stateless requests reuse the longest cached prefix
     fast_path: bool = True              # models/fast.py for Llama-family models; False = transformers forward
-    compile: bool = False               # torch.compile the fast path's layers
+    compile: bool = False               # compile the fast path's one-token step (in the background)
     share_cache_across_keys: bool = False  # one prefix cache and suffix index for all API keys (a side channel)
 
 

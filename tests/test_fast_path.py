@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from inference_engine.cache.kv_cache import KVCache
-from inference_engine.config import EngineConfig
+from inference_engine.config import EngineConfig, ModelConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.engine.verifier import Verifier
-from inference_engine.models import LoadedModel
+from inference_engine.models import LoadedModel, load_model
 from inference_engine.models.quantize import Int4Linear, Int8Linear, effective_weight, fuse, quantize
 from inference_engine.types import SamplingParams, SpeculativeParams
 
@@ -23,7 +23,7 @@ PLAIN = SpeculativeParams("none", 0)
 
 def _generate(loaded, fast: bool, prompt=PROMPT, n: int = 40, spec=PLAIN, **cfg) -> list[int]:
     llm = LLM(loaded, EngineConfig(fast_path=fast, prefix_cache=False, **cfg))
-    assert llm.core.verifier.path == ("fast" if fast and not cfg.get("compile") else "compiled" if fast else "eager")
+    assert llm.core.verifier.path == ("eager" if not fast else "compiling" if cfg.get("compile") else "fast")
     return llm.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True), spec).token_ids
 
 
@@ -85,8 +85,46 @@ def test_fast_quantized_equals_eager_quantized(tiny_loaded, method):
     assert _generate(loaded, True, n=32) == _generate(loaded, False, n=32)
 
 
-def test_compiled_equals_eager(tiny_loaded):
-    assert _generate(tiny_loaded, True, n=24, compile=True) == _generate(tiny_loaded, False, n=24)
+def test_compiled_step_equals_eager_and_swaps_in(tiny_loaded):
+    """`--compile`: the eager fast path serves while the one-token graph compiles in the
+    background; once live, it runs every one-token step and picks the same tokens, alone and
+    with a batched or speculative step beside it (those stay eager)."""
+    llm = LLM(tiny_loaded, EngineConfig(compile=True, prefix_cache=False))
+    v = llm.core.verifier
+    assert v.path == "compiling"
+    sp = SamplingParams(max_tokens=24, ignore_eos=True)
+    during = llm.generate(PROMPT, sp, PLAIN).token_ids  # eager while compiling (or just swapped in)
+    assert v.fast.step.wait(600) == "compiled" and v.path == "compiled"
+    before = v.fast.step.calls
+    # 12 prompt + 60 tokens: the cache grows past its first 64 positions, through the last free slot
+    after = llm.generate(PROMPT, SamplingParams(max_tokens=60, ignore_eos=True), PLAIN).token_ids
+    assert v.fast.step.calls - before >= 59 and v.path == "compiled"  # every decode step ran compiled
+    eager = _generate(tiny_loaded, False, n=60)
+    assert during == eager[:24] and after == eager
+    # the suffix index holds the output above, so this one drafts from it: a longer request then
+    # runs past it on compiled one-token steps, between eager verifies
+    before = v.fast.step.calls
+    long = SamplingParams(max_tokens=80, ignore_eos=True)
+    spec = llm.generate(PROMPT, long, SpeculativeParams("suffix", 4))
+    assert spec.token_ids == _generate(tiny_loaded, False, n=80)
+    assert spec.spec.accepted_tokens > 0 and v.fast.step.calls > before
+
+
+def test_compiled_step_on_int4_with_verify_weights_auto(tiny_qwen3_dir):
+    """bfloat16+int4 under `--verify-weights auto`: the start-up measurement runs forwards before
+    the compiled step exists; the compiled step then serves. In bfloat16 inductor computes each
+    fused element-wise chain in float32 and rounds once, where eager rounds after every op, so a
+    random-weight model's near-ties can flip: tokens agree for a prefix, not bit for bit."""
+    loaded = load_model(ModelConfig(model=str(tiny_qwen3_dir), device="cpu", dtype="bfloat16", quantization="int4",
+                                    verify_weights="auto"))
+    llm = LLM(loaded, EngineConfig(compile=True, prefix_cache=False))
+    step = llm.core.verifier.fast.step
+    assert step.wait(600) == "compiled"
+    sp = SamplingParams(max_tokens=16, ignore_eos=True)
+    compiled = llm.generate(PROMPT, sp, PLAIN).token_ids
+    eager = _generate(loaded, True, n=16)
+    agree = next((i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b), len(eager))
+    assert step.calls >= 15 and step.state == "compiled" and agree >= 8
 
 
 @pytest.mark.parametrize("bias, dtype", [(False, torch.float32), (True, torch.bfloat16)])

@@ -179,4 +179,5 @@ def test_fuzzed_schema_is_the_live_servers(live):
 def test_missing_content_code_matches_openai(live):
     r = httpx.post(live.url + "/v1/chat/completions", json={"messages": [{"role": "user"}]}, timeout=30)
     assert r.json()["error"]["code"] == "missing_required_parameter"
-    assert json.loads(httpx.get(live.url + "/healthz").text)["status"] == "ok"  # still serving
+    health = json.loads(httpx.get(live.url + "/healthz").text)
+    assert health["status"] == "ok" and health["decode_path"] == "fast"  # still serving, on the fast path

@@ -66,7 +66,12 @@ class Verifier:
 
     @property
     def path(self) -> str:
-        return "eager" if self.fast is None else ("compiled" if self.fast.compiled else "fast")
+        """eager | fast | compiling (the fast path serves while its one-token step compiles) |
+        compiled | fast (compiling failed or was refused)."""
+        if self.fast is None:
+            return "eager"
+        step = self.fast.step
+        return "fast" if step is None or step.state == "failed" else step.state
 
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)

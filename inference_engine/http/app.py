@@ -78,7 +78,8 @@ def create_app(state: ServerState) -> FastAPI:
             engine = state.ready()
         except EngineDead as e:
             return errors.engine_error_response(e)
-        return {"status": "ok", "model": engine.info.name}
+        # decode_path: eager | fast | compiling | compiled (`--compile` swaps its graph in when ready)
+        return {"status": "ok", "model": engine.info.name, "decode_path": engine.core.verifier.path}
 
     @app.get("/metrics")
     async def metrics():

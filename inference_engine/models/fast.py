@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..cache.kv_cache import KVCache
+from .compiled_step import CompiledStep
 from .quantize import fusable, fuse
 from .verify_weights import VerifyCopy, choose_width, extra_bytes, measure
 
@@ -36,8 +37,7 @@ class Projections(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer over the fused projections. An nn.Module so that `--compile` compiles
-    the first block and reuses that code for every other (regional compilation). Its own qkv, o,
+    """One decoder layer over the fused projections. Its own qkv, o,
     gate_up and down are the step weights; `verify` (verify_weights.py), when set, is a second set
     in bfloat16 that wide forwards use instead."""
 
@@ -120,12 +120,11 @@ class FastDecoder:
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm.weight, inner.rotary_emb
         self.blocks = [Block(layer, self.heads, self.kv_heads, self.head_dim, self.eps) for layer in inner.layers]
         self._cos = self._sin = None  # [P, D] rotary table, grown on demand
-        self.compiled = compile
-        # Inductor fuses the norm/rope/residual element-wise ops around the GEMVs; every block
-        # shares one compiled graph, with dynamic shapes so a growing cache does not recompile.
-        self._calls = [torch.compile(b, dynamic=True) if compile else b for b in self.blocks]
         self.verify_head: Optional[nn.Module] = None  # the lm_head of wide forwards, with verify_from
+        self.step: Optional[CompiledStep] = None
         self.verify_from = self._verify_weights(model)  # rows per request from which `verify` is used
+        if compile:  # after the verify-weights measurement, so that the compile thread does not disturb it
+            self.step = CompiledStep(self.one_token, self.embed, self.rotary, c)
 
     def _verify_weights(self, model: PreTrainedModel) -> Optional[int]:
         """Attach the model's bfloat16 copy (verify_weights.py), building it on first use; under
@@ -190,9 +189,21 @@ class FastDecoder:
             else:
                 keys = torch.arange(start + T, device=ids.device)
                 masks.append(keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])  # [T, start+T]
-        causal = [T > 1 and start == 0 for start in starts]  # plain bools: compiled code specialises on them
-        for i, block in enumerate(self._calls):
+        if self.step is not None and T == 1 and len(caches) == 1 and not wide:
+            out = self.step(ids, cos, sin, caches[0].keys, caches[0].values, starts[0])
+            if out is not None:
+                return out
+        causal = [T > 1 and start == 0 for start in starts]
+        for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal, wide)
+        return _rms(x, self.norm, self.eps)
+
+    def one_token(self, ids, cos, sin, keys: list, values: list, start: int) -> torch.Tensor:
+        """embedding → every block → norm for one row and one token: the graph `--compile` compiles.
+        ids [1, 1]; cos/sin [1, 1, 1, D]; keys[i]/values[i] layer i's buffers [1, Hkv, capacity, D]."""
+        x = self.embed(ids)  # [1, 1, H]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, [keys[i]], [values[i]], [start], [None], [False], False)
         return _rms(x, self.norm, self.eps)
 
 
