@@ -29,20 +29,13 @@ from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
 from inference_engine.engine.verifier import Verifier  # noqa: E402
 from inference_engine.models import load_model  # noqa: E402
-from inference_engine.models.fast import _rms  # noqa: E402
 from inference_engine.tokenizer import apply_chat_template  # noqa: E402
 from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
 
-FORMATS = {"float32": ("float32", "none"), "bfloat16+int4": ("bfloat16", "int4"), "bfloat16": ("bfloat16", "none")}
-
-
 def whole_step(fast, head):
-    """The step as one Python function over tensors only, so dynamo can trace it whole."""
+    """The step as one Python function over tensors only, embedding and lm_head included."""
     def step(ids, cos, sin, keys, values, start: int):  # ids [1, 1]; keys[i] [1, Hkv, cap, D]
-        x = fast.embed(ids)  # [1, 1, H]
-        for i, block in enumerate(fast.blocks):
-            x = block(x, cos, sin, [keys[i]], [values[i]], [start], [None], [False], False)
-        return head(_rms(x, fast.norm, fast.eps)[:, -1])  # [1, V]
+        return head(fast.one_token(ids, cos, sin, keys, values, start)[:, -1])  # [1, V]
     return step
 
 
@@ -69,8 +62,8 @@ def decode(fast, head, step, model, prompt: torch.Tensor, steps: int) -> tuple[l
 
 
 def measure(fmt: str, steps: int, context: int, options: dict) -> dict:
-    dtype, quant = FORMATS[fmt]
-    model = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant, verify_weights="same")).model
+    dtype, _, quant = fmt.partition("+")
+    model = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none", verify_weights="same")).model
     fast, head = Verifier(model).fast, model.get_output_embeddings()
     torch.manual_seed(0)
     prompt = torch.randint(100, model.config.vocab_size - 100, (context,))
@@ -99,8 +92,8 @@ def measure(fmt: str, steps: int, context: int, options: dict) -> dict:
 def engines(fmt: str, requests: int, max_tokens: int, seed: int) -> dict:
     """Plain decoding through the real engine, generated open-ended prompts (prefill included),
     one engine on the eager fast path and one with `--compile` (timed once its graph is live)."""
-    dtype, quant = FORMATS[fmt]
-    loaded = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant))
+    dtype, _, quant = fmt.partition("+")
+    loaded = load_model(ModelConfig(device="cpu", dtype=dtype, quantization=quant or "none"))
     reqs = generated.generate(requests, seed, ("open",), max_tokens)[0]["requests"]
     ids = [apply_chat_template(loaded.tokenizer, r["messages"]) for r in reqs]
     t0 = time.perf_counter()

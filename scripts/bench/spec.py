@@ -241,8 +241,9 @@ def main() -> None:
     hf = [] if args.no_hf else [HF_PLAIN, HF_LOOKUP]
     peer = None
     if args.llama_cpp:
-        if missing_reason() is not None:
-            sys.exit(missing_reason())
+        reason = missing_reason()
+        if reason is not None:
+            sys.exit(reason)
         peer, hf = LlamaCppPeer(default_gguf()), hf + [LLAMA_PLAIN, LLAMA_LOOKUP]
     ref = "none" if "none" in methods else (methods + hf)[0]
     names = [n for n in args.workloads.split(",") if n]
