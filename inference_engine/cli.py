@@ -41,6 +41,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=_env("COMPILE") == "1",
                    help="compile the fast path's one-token step in the background and swap it in when ready "
                         "(/healthz decode_path says which is live; docs/architecture.md)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay one-token decode steps as CUDA graphs (default: on when the device is CUDA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +106,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_sessions=getattr(args, "max_sessions", 256),
         fast_path=not args.eager,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         share_cache_across_keys=getattr(args, "share_cache_across_keys", False),
     )
 

@@ -36,6 +36,7 @@ class EngineConfig:
     prefix_cache: bool = True           # stateless requests reuse the longest cached prefix
     fast_path: bool = True              # models/fast.py for Llama-family models; False = transformers forward
     compile: bool = False               # compile the fast path's one-token step (in the background)
+    cuda_graphs: Optional[bool] = None  # one-token steps as CUDA graphs; None = on CUDA devices
     share_cache_across_keys: bool = False  # one prefix cache and suffix index for all API keys (a side channel)
 
 

@@ -62,6 +62,9 @@ COST = "inference_engine/engine/cost_model.py"
 AD = "tests/test_adaptive.py"
 VW = "inference_engine/models/verify_weights.py"
 QUANT = "inference_engine/models/quantize.py"
+FAST = "inference_engine/models/fast.py"
+GRAPHS = "inference_engine/models/graph_step.py"
+GRAPH_TEST = "tests/test_fast_path.py::test_graph_step_equals_eager"
 
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
@@ -233,6 +236,14 @@ MUTANTS: list[Mutant] = [
     Mutant("fusion_never_reused", QUANT,
            "if done is not None and done[0] == key:", "if done is not None and done[0] != key:",
            ("tests/test_quantize.py::test_quantized_engine_equals_quantized_hf_reference",)),
+    # -- the CUDA-graph step (its static step and per-buffer capture, run on the CPU) --------------
+    Mutant("graph_mask_hides_own_position", FAST,
+           "mask = (torch.arange(keys[0].shape[2], device=ids.device) <= pos)[None]",
+           "mask = (torch.arange(keys[0].shape[2], device=ids.device) < pos)[None]", (GRAPH_TEST,)),
+    Mutant("graph_not_recaptured_on_growth", GRAPHS,
+           "if g is None or g.keys is not cache.keys[0]:", "if g is None:", (GRAPH_TEST,)),
+    Mutant("graph_position_not_updated", GRAPHS,
+           "g.pos.fill_(start)", "g.pos.fill_(g.pos.item())", (GRAPH_TEST,)),
 ]
 
 

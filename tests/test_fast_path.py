@@ -138,6 +138,29 @@ def test_compiled_step_on_int4_with_verify_weights_auto(tiny_qwen3_dir):
     assert (compiled - eager).norm() <= 0.05 * eager.norm()  # bf16 rounding, not a different function
 
 
+def test_graph_step_equals_eager(tiny_loaded):
+    """The CUDA-graph step (models/graph_step.py) without the capture: the static one-token step
+    (position as a tensor, the whole buffer under a mask) replayed per KV buffer, captured again
+    when the cache grows; same greedy tokens as the transformers forward, alone and speculating."""
+    llm = LLM(tiny_loaded, EngineConfig(cuda_graphs=True, prefix_cache=False))
+    v = llm.core.verifier
+    assert v.path == "graphs" and v.fast.step is None  # graphs take the place of --compile's graph
+    # 12 prompt + 80 tokens: the cache grows from 64 positions to 128, so a second graph is taken
+    out = llm.generate(PROMPT, SamplingParams(max_tokens=80, ignore_eos=True), PLAIN).token_ids
+    eager = _generate(tiny_loaded, False, n=80)
+    assert out == eager and v.fast.graphs.calls >= 79 and v.fast.graphs.captures == 2
+    # the suffix index holds that output, so this one drafts from it and every draft passes
+    spec = llm.generate(PROMPT, SamplingParams(max_tokens=80, ignore_eos=True), SpeculativeParams("suffix", 4))
+    assert spec.token_ids == eager and spec.spec.accepted_tokens > 0
+    # n-gram drafts from a repetitive prompt the model does not follow: rejected (the cache rolls
+    # back), with graph steps in between
+    repetitive = PROMPT + [9707, 11, 1879, 30] * 6
+    calls = v.fast.graphs.calls
+    spec = llm.generate(repetitive, SamplingParams(max_tokens=40, ignore_eos=True), SpeculativeParams("ngram", 6))
+    assert spec.token_ids == _generate(tiny_loaded, False, repetitive, 40)
+    assert spec.spec.accepted_tokens < spec.spec.draft_tokens and v.fast.graphs.calls > calls
+
+
 @pytest.mark.parametrize("bias, dtype", [(False, torch.float32), (True, torch.bfloat16)])
 @pytest.mark.parametrize("kind", ["linear", "int8", "int4"])
 def test_fuse_keeps_originals_as_views(kind, bias, dtype):

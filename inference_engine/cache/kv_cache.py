@@ -22,6 +22,7 @@ class KVCache:
         self.keys: list[torch.Tensor] = []    # per layer [1, Hkv, capacity, D]
         self.values: list[torch.Tensor] = []
         self.length = 0  # positions whose keys/values are valid
+        self.graph = None  # the fast path's CUDA graph over these buffers (models/graph_step.py)
         if layers:
             self.keys, self.values = [k for k, _ in layers], [v for _, v in layers]
             self.length = self.keys[0].shape[2]

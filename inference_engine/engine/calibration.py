@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ..config import EngineConfig
+from ..models.device import synchronize
 from .verifier import Verifier
 
 CONTEXT = 64  # cached tokens during calibration: a typical short-chat position
@@ -83,6 +84,7 @@ def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
     def run(k: int) -> None:
         verifier.forward(base, [0] * (k + 1), k + 1)
         base.trim(k + 1)  # back to CONTEXT: every timing sees the same cache length
+        synchronize(verifier.device)
 
     def measure() -> list[float]:
         return measure_cost_curve(run, max_k)

@@ -38,7 +38,7 @@ class EngineCore:
     ):
         self.config = config
         self.eos_ids = frozenset(eos_ids)
-        self.verifier = Verifier(model, config.max_batch, config.fast_path, config.compile)
+        self.verifier = Verifier(model, config.max_batch, config.fast_path, config.compile, config.cuda_graphs)
         self.sessions = SessionStore(config.session_cache_bytes, config.session_ttl, config.max_sessions)
         self.scheduler = Scheduler(config.max_running, config.max_waiting)
         suffix = SuffixProposer(config.suffix_cache_tokens)
@@ -50,7 +50,7 @@ class EngineCore:
         }
         if draft_model is not None:
             # the draft model runs on the same fast path (or eager fallback) as the verifier
-            self.proposers["draft"] = DraftModelProposer(draft_model, Verifier(draft_model, 1, config.fast_path, config.compile))
+            self.proposers["draft"] = DraftModelProposer(draft_model, Verifier(draft_model, 1, config.fast_path, config.compile, config.cuda_graphs))
         self.suffix = suffix  # the index of tenant "" (no API keys, or caches shared across keys)
         self._suffixes: dict[str, SuffixProposer] = {"": suffix}
         self._controller: Optional[AdaptiveController] = None

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class Verifier:
-    def __init__(self, model: PreTrainedModel, max_batch: int = 8, fast: bool = True, compile: bool = False):
+    def __init__(self, model: PreTrainedModel, max_batch: int = 8, fast: bool = True, compile: bool = False,
+                 graphs: Optional[bool] = None):
         self.model = model
         self.device = model.device
         self.max_batch = max_batch
@@ -37,7 +38,7 @@ class Verifier:
         reason = unsupported_reason(model) if fast else "eager path requested"
         if fast and reason is not None:
             log.info("fast decode path unavailable (%s); using the transformers forward", reason)
-        self.fast: Optional[FastDecoder] = FastDecoder(model, compile=compile) if reason is None else None
+        self.fast: Optional[FastDecoder] = FastDecoder(model, compile, graphs) if reason is None else None
         record = getattr(model, "verify_copy", None)
         if self.fast is None and record is not None and record.sets is None:
             # the eager path never uses the bfloat16 copy and no fast path has built it: free it
@@ -67,9 +68,12 @@ class Verifier:
     @property
     def path(self) -> str:
         """eager | fast | compiling (the fast path serves while its one-token step compiles) |
-        compiled | fast (compiling failed or was refused)."""
+        compiled | graphs (one-token steps replay CUDA graphs) | fast (compiling or capturing
+        failed or was refused)."""
         if self.fast is None:
             return "eager"
+        if self.fast.graphs is not None:
+            return self.fast.graphs.state if self.fast.graphs.state == "graphs" else "fast"
         step = self.fast.step
         return "fast" if step is None or step.state == "failed" else step.state
 

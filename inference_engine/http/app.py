@@ -79,6 +79,7 @@ def create_app(state: ServerState) -> FastAPI:
         except EngineDead as e:
             return errors.engine_error_response(e)
         # decode_path: eager | fast | compiling | compiled (`--compile` swaps its graph in when ready)
+        # | graphs (CUDA graphs replay one-token steps)
         return {"status": "ok", "model": engine.info.name, "decode_path": engine.core.verifier.path}
 
     @app.get("/metrics")

@@ -1,4 +1,5 @@
-"""Device and dtype choice: auto picks cuda, then mps, then cpu; float32 on CPU for exactness."""
+"""Device and dtype choice: auto picks cuda, then mps, then cpu; float32 on CPU for exactness,
+bfloat16 on CUDA where the card has it (float16 otherwise, and on MPS)."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32 if device.type == "cpu" else torch.float16
     if name not in DTYPES:
         raise InvalidRequest(f"unknown dtype {name!r}; expected auto, {', '.join(DTYPES)}", "dtype")
     return DTYPES[name]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so a timer measures them rather than their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

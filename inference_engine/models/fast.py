@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from ..cache.kv_cache import KVCache
 from .compiled_step import CompiledStep
+from .graph_step import GraphStep
 from .quantize import fusable, fuse
 from .verify_weights import VerifyCopy, choose_width, extra_bytes, measure
 
@@ -59,14 +60,8 @@ class Block(nn.Module):
         """x [B, T, H]; keys[b]/values[b] are row b's buffers [1, Hkv, capacity, D] for this layer.
         `wide`: compute with the verify set (a plain bool, so compiled code specialises on it)."""
         B, T, _ = x.shape
-        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
         p = self.verify if wide else self  # both carry qkv, o, gate_up and down
-        h = _rms(x, self.ln1, self.eps)
-        q, k, v = p.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
-        if self.q_norm is not None:
-            q, k = _rms(q, self.q_norm, self.eps), _rms(k, self.k_norm, self.eps)
-        q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)  # [B, h, T, D]
-        v = v.transpose(1, 2)
+        q, k, v = self._qkv(x, cos, sin, p)
         rows = []
         for b, start in enumerate(starts):
             keys[b][:, :, start : start + T] = k[b : b + 1]  # written by position
@@ -74,8 +69,32 @@ class Block(nn.Module):
             rows.append(F.scaled_dot_product_attention(
                 q[b : b + 1], keys[b][:, :, : start + T], values[b][:, :, : start + T],  # [1, Hkv, start+T, D]
                 attn_mask=masks[b], is_causal=causal[b], scale=self.scale, enable_gqa=self.gqa))
-        attn = rows[0] if B == 1 else torch.cat(rows)  # [B, Hq, T, D]
-        x = x + p.o(attn.transpose(1, 2).reshape(B, T, Hq * D))
+        return self._out(x, rows[0] if B == 1 else torch.cat(rows), p)  # [B, Hq, T, D]
+
+    def static(self, x, cos, sin, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor):
+        """One row, one token, every shape fixed (what a CUDA graph can replay): the position is a
+        tensor pos [1], and attention reads the whole buffer [1, Hkv, capacity, D] under mask
+        [capacity] (True up to pos) instead of a slice that ends at pos."""
+        q, k, v = self._qkv(x, cos, sin, self)
+        keys.index_copy_(2, pos, k)
+        values.index_copy_(2, pos, v)
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
+        return self._out(x, attn, self)
+
+    def _qkv(self, x, cos, sin, p):
+        """q [B, Hq, T, D], k and v [B, Hkv, T, D], rotated, from x [B, T, H] with weights p."""
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        h = _rms(x, self.ln1, self.eps)
+        q, k, v = p.qkv(h).view(B, T, Hq + 2 * Hkv, D).split((Hq, Hkv, Hkv), dim=2)  # [B, T, h, D]
+        if self.q_norm is not None:
+            q, k = _rms(q, self.q_norm, self.eps), _rms(k, self.k_norm, self.eps)
+        return _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+
+    def _out(self, x, attn, p):
+        """The residual stream after attention attn [B, Hq, T, D] and the MLP."""
+        B, T, _ = x.shape
+        x = x + p.o(attn.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
         gate, up = p.gate_up(_rms(x, self.ln2, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
         return x + p.down(F.silu(gate) * up)
 
@@ -108,7 +127,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 class FastDecoder:
-    def __init__(self, model: PreTrainedModel, compile: bool = False):
+    def __init__(self, model: PreTrainedModel, compile: bool = False, graphs: Optional[bool] = None):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"no fast path for this model: {reason}")
@@ -122,8 +141,14 @@ class FastDecoder:
         self._cos = self._sin = None  # [P, D] rotary table, grown on demand
         self.verify_head: Optional[nn.Module] = None  # the lm_head of wide forwards, with verify_from
         self.step: Optional[CompiledStep] = None
+        self.graphs: Optional[GraphStep] = None
         self.verify_from = self._verify_weights(model)  # rows per request from which `verify` is used
-        if compile:  # after the verify-weights measurement, so that the compile thread does not disturb it
+        # one-token steps as CUDA graphs: by default on CUDA (elsewhere only when asked: the CPU gate
+        # tests the static step that way); they take the place of `--compile`'s graph
+        graphs = model.device.type == "cuda" if graphs is None else graphs
+        if graphs:
+            self.graphs = GraphStep(self.static_token)
+        if compile and not graphs:  # after the verify-weights measurement, so that the compile thread does not disturb it
             self.step = CompiledStep(self.one_token, self.embed, self.rotary, c)
 
     def _verify_weights(self, model: PreTrainedModel) -> Optional[int]:
@@ -189,8 +214,13 @@ class FastDecoder:
             else:
                 keys = torch.arange(start + T, device=ids.device)
                 masks.append(keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])  # [T, start+T]
-        if self.step is not None and T == 1 and len(caches) == 1 and not wide:
-            out = self.step(ids, cos, sin, caches[0].keys, caches[0].values, starts[0])
+        if T == 1 and len(caches) == 1 and not wide:
+            if self.graphs is not None:
+                out = self.graphs(ids, cos, sin, caches[0], starts[0])
+            elif self.step is not None:
+                out = self.step(ids, cos, sin, caches[0].keys, caches[0].values, starts[0])
+            else:
+                out = None
             if out is not None:
                 return out
         causal = [T > 1 and start == 0 for start in starts]
@@ -204,6 +234,15 @@ class FastDecoder:
         x = self.embed(ids)  # [1, 1, H]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, [keys[i]], [values[i]], [start], [None], [False], False)
+        return _rms(x, self.norm, self.eps)
+
+    def static_token(self, ids, cos, sin, keys: list, values: list, pos: torch.Tensor) -> torch.Tensor:
+        """one_token with every shape fixed, for CUDA graphs (graph_step.py): the position is a
+        tensor pos [1] and attention reads each whole buffer [1, Hkv, capacity, D] under a mask."""
+        mask = (torch.arange(keys[0].shape[2], device=ids.device) <= pos)[None]  # [1, capacity]
+        x = self.embed(ids)  # [1, 1, H]
+        for i, block in enumerate(self.blocks):
+            x = block.static(x, cos, sin, keys[i], values[i], pos, mask)
         return _rms(x, self.norm, self.eps)
 
 

@@ -1,12 +1,15 @@
 """Plain decode at real Qwen3 sizes with random weights, on any device (CUDA, MPS, CPU).
 
-Speed does not need trained weights: Qwen3-0.6B and Qwen3-1.7B shapes are built from their
-published configs with random init, no hub, no tokenizer. Columns: our fast path, our eager path
-(the transformers forward in our engine), HF `generate`; 64 random prompt tokens, `--tokens` new
-tokens, eos ignored, greedy. Bandwidth is measured on the device (a sum over 1 GiB) and the nominal
-peak of known devices is reported beside it; fraction of bound = tok/s × weight bytes ÷ bandwidth.
+Speed does not need trained weights: Qwen3-0.6B, 1.7B and 8B shapes are built from their
+published configs with random init, no hub, no tokenizer. Columns: our fast path (on CUDA with
+its one-token CUDA graphs, and again without them), our eager path (the transformers forward in
+our engine), HF `generate`; 64 random prompt tokens, `--tokens` new tokens, eos ignored, greedy,
+at batch 1 and (`--batch`) with B requests decoding together. Bandwidth is measured on the device
+(a sum over 1 GiB) and the nominal peak of known devices is reported beside it; fraction of bound
+= tok/s × weight bytes ÷ bandwidth (at batch B, the weights are read once per step for B tokens).
+`verify_cost` times one forward of k+1 tokens ÷ one of 1 token at 256 cached positions, k = 0..16.
 
-    .venv/bin/python scripts/bench/shapes.py --device cuda --shapes qwen3-0.6b,qwen3-1.7b
+    .venv/bin/python scripts/bench/shapes.py --device cuda --shapes qwen3-0.6b,qwen3-1.7b,qwen3-8b
 """
 from __future__ import annotations
 
@@ -23,15 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, weight_bytes, write_result  # noqa: E402
 
 from inference_engine.config import EngineConfig  # noqa: E402
+from inference_engine.engine.calibration import measure_cost_curve  # noqa: E402
 from inference_engine.engine.core import EngineCore  # noqa: E402
+from inference_engine.engine.verifier import Verifier  # noqa: E402
+from inference_engine.models.device import synchronize  # noqa: E402
 from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
 
-# the published configs' sizes (Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B config.json)
+# the published configs' sizes (Qwen/Qwen3-0.6B, -1.7B, -8B config.json)
 SHAPES = {
     "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128),
+                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
     "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128),
+                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
 }
 NOMINAL_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "M4": 120.0}  # peak memory bandwidth
 
@@ -40,18 +48,11 @@ def device_bandwidth_gbs(device: torch.device) -> float:
     x = torch.ones((1 << 30) // 4, device=device)
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         x.sum().item()
         best = min(best, time.perf_counter() - t0)
     return x.numel() * 4 / best / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def device_name(device: torch.device) -> str:
@@ -60,56 +61,84 @@ def device_name(device: torch.device) -> str:
     return "Apple GPU (MPS)" if device.type == "mps" else "CPU"
 
 
-def build(shape: str, device: torch.device, dtype: torch.dtype):
+def build(shape: str, device: torch.device, dtype: torch.dtype, **overrides):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=True,
-                         rms_norm_eps=1e-6, **SHAPES[shape])
+    config = Qwen3Config(**{**dict(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6),
+                            **SHAPES.get(shape, {}), **overrides})
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: an 8B model never exists in float32
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     return model
 
 
-def run(shape: str, device: torch.device, dtype: torch.dtype, tokens: int, repeats: int, bandwidth: float) -> dict:
-    model = build(shape, device, dtype)
-    prompt = torch.randint(0, 151936, (64,), generator=torch.Generator().manual_seed(1)).tolist()
+def run(shape: str, device: torch.device, dtype: torch.dtype, tokens: int, repeats: int, bandwidth: float,
+        batch: int = 1, model=None) -> dict:
+    model = model if model is not None else build(shape, device, dtype)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, model.config.vocab_size, (64,), generator=gen).tolist() for _ in range(batch)]
     sp, plain = SamplingParams(max_tokens=tokens, ignore_eos=True), SpeculativeParams("none", 0)
-    cores = {"kakeya": EngineCore(model, [], EngineConfig(prefix_cache=False)),
-             "kakeya_eager": EngineCore(model, [], EngineConfig(prefix_cache=False, fast_path=False))}
+    cores = {"kakeya": EngineCore(model, [], EngineConfig(prefix_cache=False, max_batch=batch, max_running=batch))}
+    if device.type == "cuda":  # the fast path above replays CUDA graphs; this one does not
+        cores["kakeya_nographs"] = EngineCore(model, [], EngineConfig(prefix_cache=False, max_batch=batch, max_running=batch,
+                                                                      cuda_graphs=False))
+    cores["kakeya_eager"] = EngineCore(model, [], EngineConfig(prefix_cache=False, fast_path=False, max_batch=batch,
+                                                               max_running=batch))
 
     def ours(core):
-        req = core.add_request(prompt, sp, plain)
+        reqs = [core.add_request(p, sp, plain) for p in prompts]
         while core.has_work:
             core.step()
-        return req.output_ids
+        return [r.output_ids for r in reqs]
 
-    inputs = torch.tensor([prompt], device=device)
+    inputs = torch.tensor(prompts, device=device)
 
     @torch.inference_mode()
     def hf():
         return model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=tokens, min_new_tokens=tokens,
-                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+                              do_sample=False, pad_token_id=0)[:, len(prompts[0]):].tolist()
 
-    systems = {"kakeya": lambda: ours(cores["kakeya"]), "kakeya_eager": lambda: ours(cores["kakeya_eager"]), "hf_generate": hf}
+    systems = {name: (lambda c=core: ours(c)) for name, core in cores.items()}
+    systems["hf_generate"] = hf
     seconds, outputs = {n: [] for n in systems}, {}
     for i in range(repeats + 1):  # round 0 warms up
         for name, fn in systems.items():
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             outputs[name] = fn()
-            _sync(device)
+            synchronize(device)
             if i:
                 seconds[name].append(time.perf_counter() - t0)
     wb = weight_bytes(model)
-    row = {"shape": shape, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."), "new_tokens": tokens,
-           "weight_bytes": wb, "bandwidth_bound_tok_s": bandwidth * 1e9 / wb,
-           "identical_output": outputs["kakeya"] == outputs["hf_generate"] == outputs["kakeya_eager"]}
+    row = {"shape": shape, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+           "new_tokens": tokens, "weight_bytes": wb, "bandwidth_bound_tok_s": bandwidth * 1e9 / wb,
+           "identical_output": all(o == outputs["hf_generate"] for o in outputs.values()),
+           "identical_to": {n: o == outputs["hf_generate"] for n, o in outputs.items() if n != "hf_generate"}}
     for name, ts in seconds.items():
         t = sorted(ts)[len(ts) // 2]
-        row[f"{name}_tok_s"] = tokens / t
-        row[f"{name}_fraction_of_bound"] = tokens / t * wb / (bandwidth * 1e9)
+        row[f"{name}_tok_s"] = batch * tokens / t
+        row[f"{name}_fraction_of_bound"] = tokens / t * wb / (bandwidth * 1e9)  # steps/s × bytes per step
     return row
+
+
+def verify_cost(model, device: torch.device, max_k: int = 16, context: int = 256) -> list[float]:
+    """t(one forward of k+1 tokens) ÷ t(one of 1 token) on the fast path at `context` cached
+    positions, k = 0..max_k (synchronised on accelerators, so kernels are timed, not launches)."""
+    v = Verifier(model)
+    cache = v.new_cache()
+    v.forward(cache, [1] * context, 1)
+
+    def one(k: int) -> None:
+        v.forward(cache, [1] * (k + 1), k + 1)
+        cache.trim(k + 1)
+        synchronize(device)
+
+    return measure_cost_curve(one, max_k, repeats=5)
 
 
 def nominal(device: torch.device) -> float | None:
@@ -118,25 +147,46 @@ def nominal(device: torch.device) -> float | None:
 
 
 def table(res: dict) -> str:
+    graphs = any("kakeya_nographs_tok_s" in r for r in res["rows"])
+    cols = [("kakeya", "Kakeya" + (" (CUDA graphs)" if graphs else ""))] + ([("kakeya_nographs", "Kakeya fast, no graphs")] if graphs else []) \
+        + [("kakeya_eager", "Kakeya eager"), ("hf_generate", "HF generate")]
     lines = [f"Device: {res['device']}; measured bandwidth {res['bandwidth_gbs']:.0f} GB/s"
-             + (f", nominal peak {res['nominal_gbs']:.0f} GB/s" if res.get("nominal_gbs") else "") + ".", "",
-             "| shape | dtype | Kakeya tok/s | Kakeya eager tok/s | HF generate tok/s | Kakeya % of measured bound "
-             "| identical greedy output |", "|---|---|---|---|---|---|---|"]
+             + (f", nominal peak {res['nominal_gbs']:.0f} GB/s" if res.get("nominal_gbs") else "") + ". tok/s (% of the "
+             "measured bandwidth bound: steps/s × weight bytes ÷ bandwidth).", "",
+             "| shape | dtype | batch | " + " | ".join(c for _, c in cols) + " | identical greedy output |",
+             "|---|---|---|" + "---|" * len(cols) + "---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['shape']} | {r['dtype']} | {r['kakeya_tok_s']:.1f} | {r['kakeya_eager_tok_s']:.1f} "
-                     f"| {r['hf_generate_tok_s']:.1f} | {100 * r['kakeya_fraction_of_bound']:.0f} % "
-                     f"| {'yes' if r['identical_output'] else 'no'} |")
+        cells = [f"{r[f'{n}_tok_s']:.1f} ({100 * r[f'{n}_fraction_of_bound']:.0f} %)" if f"{n}_tok_s" in r else "–" for n, _ in cols]
+        lines.append(f"| {r['shape']} | {r['dtype']} | {r.get('batch', 1)} | " + " | ".join(cells)
+                     + f" | {'yes' if r['identical_output'] else 'no'} |")
+    curves = {s: c for s, c in res.get("verify_cost", {}).items()}
+    if curves:
+        ks = range(len(next(iter(curves.values()))))
+        lines += ["", "Verify cost t(k drafts) ÷ t(plain step), fast path, 256 cached positions:", "",
+                  "| shape | " + " | ".join(f"k={k}" for k in ks if k) + " |", "|---|" + "---|" * (len(ks) - 1)]
+        lines += [f"| {s} | " + " | ".join(f"{x:.2f}" for x in c[1:]) + " |" for s, c in curves.items()]
     return "\n".join(lines)
 
 
-def measure(device_arg: str, shapes: list[str], tokens: int, repeats: int) -> dict:
+def measure(device_arg: str, shapes: list[str], tokens: int, repeats: int, batches: tuple[int, ...] = (1,),
+            costs: bool = False) -> dict:
     from inference_engine.models.device import resolve_device
 
     device = resolve_device(device_arg)
     dtype = torch.float16 if device.type == "mps" else torch.bfloat16
     bw = device_bandwidth_gbs(device)
-    rows = [run(s, device, dtype, tokens, repeats, bw) for s in shapes]
-    return {"device": device_name(device), "bandwidth_gbs": bw, "nominal_gbs": nominal(device), "rows": rows}
+    rows, curves = [], {}
+    for s in shapes:
+        model = build(s, device, dtype)
+        rows += [run(s, device, dtype, tokens, repeats, bw, b, model) for b in batches]
+        if costs:
+            curves[s] = verify_cost(model, device)
+        print(table({"device": device_name(device), "bandwidth_gbs": bw, "rows": rows[-len(batches):]}), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"device": device_name(device), "bandwidth_gbs": bw, "nominal_gbs": nominal(device), "rows": rows,
+            "verify_cost": curves}
 
 
 def main() -> None:
@@ -145,8 +195,11 @@ def main() -> None:
     ap.add_argument("--shapes", default="qwen3-0.6b,qwen3-1.7b")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    ap.add_argument("--verify-cost", action="store_true", help="also time t(k)/t(0) for k = 0..16")
     args = ap.parse_args()
-    res = measure(args.device, args.shapes.split(","), args.tokens, args.repeats)
+    res = measure(args.device, args.shapes.split(","), args.tokens, args.repeats,
+                  tuple(int(b) for b in args.batch.split(",")), args.verify_cost)
     path = write_result(f"shapes_{res['device'].split()[0].lower()}", {"env": environment(), **res})
     print(f"{table(res)}\n\nwrote {path}")
 

@@ -16,10 +16,12 @@ and skips it (build it once with `bash scripts/bench/install_llama_cpp.sh`).
     kakeya bench                # the full suite (~30 min on 2 cores), regenerates docs/benchmarks.md
     kakeya bench --short        # a few minutes
     kakeya bench --short --only shapes --device mps    # the Mac M4 workflow's run
+    kakeya bench --render scripts/bench/results/gpu_check.json   # scripts/gpu_check.sh's result → docs
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import decode  # noqa: E402
+import gpu_check  # noqa: E402
 import latency  # noqa: E402
 import shapes  # noqa: E402
 import spec  # noqa: E402
@@ -48,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "bench_workloads.png"
 BEGIN, END = "<!-- kakeya bench: begin (generated, do not edit) -->", "<!-- kakeya bench: end -->"
+GPU_BEGIN, GPU_END = "<!-- gpu_check: begin (generated, do not edit) -->", "<!-- gpu_check: end -->"
 COPY_HEAVY = ("code_edit", "summarise_quote", "agent")
 
 
@@ -193,13 +197,22 @@ def git_commit() -> str:
     return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (with uncommitted changes)" if git("status", "--porcelain", "-uno") else "")
 
 
-def update_doc(block: str) -> None:
+def update_doc(block: str, begin: str = BEGIN, end: str = END, heading: str = "## Latest `kakeya bench`") -> None:
+    """Replace the generated block between `begin` and `end` (or append it under `heading`)."""
     text = DOC.read_text()
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        text += f"\n## Latest `kakeya bench`\n\n{block}\n"
+        text += f"\n{heading}\n\n{block}\n"
     DOC.write_text(text)
+
+
+def render(path: str) -> None:
+    """A gpu_check.py result (run elsewhere: scripts/gpu_check.sh) into docs/benchmarks.md."""
+    res = json.loads(Path(path).read_text())
+    update_doc("\n".join([GPU_BEGIN, "", gpu_check.markdown(res), "", GPU_END]), GPU_BEGIN, GPU_END,
+               "## Accelerator check (`scripts/gpu_check.sh`, issue 13)")
+    print(f"updated {DOC}")
 
 
 def main() -> None:
@@ -212,7 +225,10 @@ def main() -> None:
     ap.add_argument("--workloads", default="chat,code_edit,summarise_quote,agent")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--docs", action="store_true", help="with --short, still rewrite docs/benchmarks.md")
+    ap.add_argument("--render", metavar="JSON", help="only put a scripts/gpu_check.sh result into docs/benchmarks.md")
     args = ap.parse_args()
+    if args.render:
+        return render(args.render)
     command = " ".join(["kakeya bench", *map(shlex.quote, sys.argv[1:])])
     tokens, repeats = (32, 1) if args.short else (128, 3)
     configs = args.configs or ("float32,bfloat16+int4" if args.short else "float32,bfloat16,bfloat16+int8,bfloat16+int4")
@@ -242,7 +258,7 @@ def main() -> None:
             res["workloads"] = run_workloads(f32, best, args.best, peer, names, 8, 48 if args.short else 0)
             print(workloads_table(res["workloads"]), flush=True)
         if "shapes" in sections:
-            names = ["qwen3-0.6b"] if args.short else list(shapes.SHAPES)
+            names = ["qwen3-0.6b"] if args.short else ["qwen3-0.6b", "qwen3-1.7b"]  # 8B: scripts/gpu_check.sh
             res["shapes"] = shapes.measure(args.device, names, tokens, repeats)
             print(shapes.table(res["shapes"]), flush=True)
         if "latency" in sections:
