@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
     serve.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
     serve.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
+    serve.add_argument("--allowed-origins", default=_env("ALLOWED_ORIGINS", ""),
+                       help="comma-separated browser origins allowed by CORS ('*' for any; default: none)")
     serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")),
                        help="kakeya.v1 RuntimeService port on --host (0 disables gRPC)")
     serve.add_argument("--session-cache-bytes", type=int, default=int(_env("SESSION_CACHE_BYTES", str(1 << 30))),
@@ -113,8 +115,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     keys = list(args.api_key or []) + [k.strip() for k in (_env("API_KEYS") or "").split(",") if k.strip()]
+    origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
     return ServerConfig(host=args.host, port=args.port, api_keys=tuple(keys), grpc_port=args.grpc_port,
-                        shutdown_grace=args.shutdown_grace)
+                        shutdown_grace=args.shutdown_grace, allowed_origins=origins)
 
 
 def build_llm(args: argparse.Namespace):

@@ -46,6 +46,7 @@ class ServerConfig:
     port: int = 8000
     api_keys: tuple[str, ...] = ()       # empty: no auth
     max_body_bytes: int = 4 * 1024 * 1024
+    allowed_origins: tuple[str, ...] = ()  # CORS: browser origins allowed to call the API ("*": any); none by default
     keepalive_seconds: float = 10.0      # SSE comment pings while a long prefill runs
     grpc_port: int = 50051               # kakeya.v1 RuntimeService on `host`; 0 = off
     shutdown_grace: float = 30.0         # seconds in-flight requests may finish after SIGTERM before abort

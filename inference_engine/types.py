@@ -28,6 +28,7 @@ class SamplingParams:
     presence_penalty: float = 0.0         # OpenAI semantics, over generated tokens
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: Optional[str] = None  # an llguidance grammar (JSON text) the output must match; engine/grammar.py
 
     @property
     def adjusts_logits(self) -> bool:

@@ -65,6 +65,9 @@ QUANT = "inference_engine/models/quantize.py"
 FAST = "inference_engine/models/fast.py"
 GRAPHS = "inference_engine/models/graph_step.py"
 GRAPH_TEST = "tests/test_fast_path.py::test_graph_step_equals_eager"
+SCREEN = "inference_engine/http/screen.py"
+GRAMMAR_TEST = "tests/test_structured_output.py"
+HOSTILE = "tests/test_hostile_input.py"
 
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
@@ -236,6 +239,29 @@ MUTANTS: list[Mutant] = [
     Mutant("fusion_never_reused", QUANT,
            "if done is not None and done[0] == key:", "if done is not None and done[0] != key:",
            ("tests/test_quantize.py::test_quantized_engine_equals_quantized_hf_reference",)),
+    # -- structured output: the grammar under speculation ------------------------------------------
+    Mutant("grammar_stop_keeps_bonus", "inference_engine/engine/grammar.py",
+           "                return list(tokens[:n])", "                return list(tokens)",
+           (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
+    Mutant("grammar_drafts_uncut", CORE,
+           "n = req.grammar.valid_prefix(draft.tokens)", "n = len(draft.tokens)",
+           (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
+    Mutant("grammar_bonus_row_unmasked", "inference_engine/engine/grammar.py",
+           "        for i in range(rows):", "        for i in range(rows - 1):",
+           (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
+    # -- the hostile-input table and the engine's range checks ------------------------------------
+    Mutant("screen_depth_unbounded", SCREEN,
+           "if depth >= MAX_DEPTH:", "if depth >= 100 * MAX_DEPTH:",
+           (f"{HOSTILE}::test_hostile_body_is_400_naming_the_field[depth-0]",)),
+    Mutant("screen_session_id_unchecked", SCREEN,
+           "if value is not None and not SESSION_ID.fullmatch(value):", "if value is not None and not value:",
+           (f"{HOSTILE}::test_bad_session_ids_are_400_and_create_nothing",)),
+    Mutant("chunked_body_unbounded", "inference_engine/http/middleware.py",
+           "if seen > self.limit:", "if False:",
+           (f"{HOSTILE}::test_chunked_body_over_the_limit_is_413",)),
+    Mutant("nan_temperature_admitted", "inference_engine/engine/validation.py",
+           "if not 0.0 <= sp.temperature < math.inf:", "if sp.temperature < 0:",
+           ("tests/test_engine.py::test_invalid_requests_name_the_field",)),
     # -- the CUDA-graph step (its static step and per-buffer capture, run on the CPU) --------------
     Mutant("graph_mask_hides_own_position", FAST,
            "mask = (torch.arange(keys[0].shape[2], device=ids.device) <= pos)[None]",

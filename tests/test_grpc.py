@@ -113,6 +113,15 @@ def test_error_statuses(stub):
     bad_spec = pb.SpeculativeOptions(method="telepathy")
     assert _code(lambda: _generate(stub, sid, max_tokens=2, speculative=bad_spec)) == grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: stub.CreateSession(pb.CreateSessionRequest(eos_token_ids=[-3]))) == grpc.StatusCode.INVALID_ARGUMENT
+    # the hostile-input rows of the gRPC edge: NaN and inf sampling values, a 1 MiB label, too many
+    # stop tokens, a history past the context (the tiny model's is 1024)
+    for params in (dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_p=float("nan"))):
+        assert _code(lambda: _generate(stub, sid, max_tokens=2, **params)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: stub.CreateSession(pb.CreateSessionRequest(client_label="x" * (1 << 20)))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: stub.CreateSession(pb.CreateSessionRequest(eos_token_ids=[1] * 65))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=[1] * 100_000))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.GetSessionInfo(pb.GetSessionInfoRequest(session_id=sid)).history_length == len(TURN)  # unchanged
     tokens, _, _ = _generate(stub, sid, max_tokens=3)  # the session still works after every refusal
     assert len(tokens) == 3 or tokens[-1] in (151645, 151643)
 

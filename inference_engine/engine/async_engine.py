@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import Callable, Optional, Sequence
 
-from ..errors import EngineDead, StepFailed
+from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, StepFailed
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
 from .llm import LLM
 from .request_stream import RequestStream, SessionInfo, _Stream
@@ -27,6 +27,8 @@ from .validation import Limits, check_token_ids
 log = logging.getLogger(__name__)
 
 MAX_FAILED_STEPS = 5  # consecutive failing steps after which the engine declares itself dead
+MAX_LABEL_CHARS = 256  # a session's client_label (shown back in its info; not a storage place)
+MAX_EOS_IDS = 64       # a session's extra stop tokens
 
 
 class AsyncEngine:
@@ -259,6 +261,10 @@ class AsyncEngine:
     async def create_session(self, eos_ids: Sequence[int] = (), label: str = "", tenant: str = "") -> SessionInfo:
         """A new session with a server-generated (unguessable) id, owned by `tenant`."""
         def job() -> SessionInfo:
+            if len(label) > MAX_LABEL_CHARS:
+                raise InvalidRequest(f"client_label is {len(label)} characters; at most {MAX_LABEL_CHARS}", "client_label")
+            if len(eos_ids) > MAX_EOS_IDS:
+                raise InvalidRequest(f"{len(eos_ids)} eos_token_ids; at most {MAX_EOS_IDS}", "eos_token_ids")
             check_token_ids(eos_ids, self.core.vocab_size, "eos_token_ids")
             return self._info(self.core.sessions.create(list(eos_ids), label, tenant=tenant).session_id, tenant)
 
@@ -270,8 +276,12 @@ class AsyncEngine:
     async def append_tokens(self, session_id: str, token_ids: Sequence[int], tenant: str = "") -> int:
         """Extend an idle session's history; SessionBusy while a generate on it is admitted or running."""
         def job() -> int:
-            self.core.sessions.get(session_id, tenant)  # not found before invalid ids
+            history = len(self.core.sessions.get(session_id, tenant).history)  # not found before invalid ids
             check_token_ids(token_ids, self.core.vocab_size, "token_ids")
+            if history + len(token_ids) >= self.core.max_context:  # no room left to generate even one token
+                raise ContextLengthExceeded(
+                    f"the session would hold {history + len(token_ids)} tokens; this model's context is "
+                    f"{self.core.max_context} (history and generated tokens together)", "token_ids")
             return self.core.sessions.append(session_id, list(token_ids), tenant)
 
         return await self._job(job)

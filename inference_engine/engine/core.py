@@ -21,6 +21,7 @@ from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, 
 from .acceptance import Acceptance, accept_greedy, accept_sampled
 from .calibration import cost_curve
 from .cost_model import CostModel
+from .grammar import Grammar, GrammarCompiler
 from .request import Request
 from .sampling import adjust_logits, make_generator, position_generator, target_probs
 from .scheduler import Scheduler
@@ -56,6 +57,7 @@ class EngineCore:
         self._controller: Optional[AdaptiveController] = None
         self._costs: Optional[CostModel] = None
         self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
+        self.grammars: Optional[GrammarCompiler] = None  # set by LLM, which holds the tokenizer
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, tuple(sorted(self.proposers)),
@@ -86,6 +88,7 @@ class EngineCore:
                 raise InvalidRequest("the session has no tokens yet; append tokens before generating", "session_id")
             prompt_ids = list(session.history)
         validate(prompt_ids, sampling, spec, self.limits)
+        grammar = self._grammar(sampling.grammar)
         self.scheduler.check_capacity()  # Overloaded before any session is touched
         if session_id is not None:
             session = self.sessions.check_out(session_id, tenant, create=create_session)  # SessionBusy
@@ -95,10 +98,17 @@ class EngineCore:
         req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token,
                       tenant="" if self.config.share_cache_across_keys else tenant)
         req.generator = make_generator(sampling.seed, self.verifier.device)
-        req.session = session
+        req.session, req.grammar = session, grammar
         self._attach_cache(req)
         self.scheduler.add(req)  # cannot refuse: capacity was checked above, on this same thread
         return req
+
+    def _grammar(self, grammar: Optional[str]) -> Optional[Grammar]:
+        if grammar is None:
+            return None
+        if self.grammars is None:
+            raise InvalidRequest("this engine has no tokenizer to compile a grammar with", "response_format")
+        return self.grammars.matcher(grammar)
 
     def _attach_cache(self, req: Request) -> None:
         """Give the request the KV of the longest prefix it shares with its session or the prefix cache."""
@@ -205,13 +215,26 @@ class EngineCore:
             asked = [max(k, 1) if method == "auto" and cap else k for k, cap in zip(ks, caps)]
             proposer = self.proposer_for(batch[idx[0]])
             for i, k, a, draft in zip(idx, ks, asked, proposer.propose([batch[i] for i in idx], asked)):
-                drafts[i] = draft.truncate(k)
+                drafts[i] = self._constrain(batch[i], draft.truncate(k), proposer)
                 if k < a and draft.tokens:
                     self._shadow[batch[i].request_id] = draft.tokens[0]
         return drafts
 
+    def _constrain(self, req: Request, draft: Draft, proposer: Proposer) -> Draft:
+        """Cut a draft to what the request's grammar allows (the rest would be rejected anyway);
+        the proposer forgets the cut tokens as it does rejected ones."""
+        if req.grammar is None or not draft.tokens:
+            return draft
+        n = req.grammar.valid_prefix(draft.tokens)
+        if n < len(draft.tokens):
+            proposer.rewind(req.request_id, len(draft.tokens) - n)
+        return draft.truncate(n)
+
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
+        if req.grammar is not None:  # on a copy: logprobs report the verifier's raw distribution
+            logits = logits.clone()
+            req.grammar.mask(logits, draft.tokens)  # every row, the bonus row included
         if req.sampling.greedy:
             return accept_greedy(logits, draft.tokens)
         return accept_sampled(target_probs(logits, req.sampling), draft.tokens, draft.probs, self._generator_at(req))
@@ -240,7 +263,10 @@ class EngineCore:
                 self.controller.observe(req.request_id, 1, int(out.tokens[0] == shadow))
             if req.sampling.logprobs is not None:
                 req.logprobs.extend(_logprobs(lg, out.tokens, req.sampling.logprobs))
-            emitted = self._emit(req, out.tokens)
+            tokens = out.tokens if req.grammar is None else req.grammar.advance(out.tokens)
+            emitted = self._emit(req, tokens)
+            if req.grammar is not None and req.grammar.done and not req.finished:  # it allows nothing more
+                req.finish_reason = FinishReason.STOP
             step = _step_stats(out, emitted)
             req.stats.add(step)
             stats.spec.add(step)

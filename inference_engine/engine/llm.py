@@ -9,6 +9,7 @@ from ..models import LoadedModel
 from ..tokenizer import decode
 from ..types import EngineResult, SamplingParams, SpeculativeParams, TokenCallback, Usage
 from .core import EngineCore
+from .grammar import GrammarCompiler
 from .request import Request
 from kv_cache_proposer.draft_model import VocabularyMismatch, check_vocab
 
@@ -26,6 +27,7 @@ class LLM:
         if draft is not None:
             check_draft(draft, loaded)
         self.core = EngineCore(self.model, self.info.eos_ids, config, draft.model if draft else None)
+        self.core.grammars = GrammarCompiler(self.tokenizer, self.core.vocab_size, self.info.eos_ids)
 
     def generate(
         self,

@@ -8,6 +8,7 @@ import torch
 
 from ..cache.kv_cache import KVCache
 from ..cache.session_store import Session
+from .grammar import Grammar
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback, TokenLogprob
 
 
@@ -28,6 +29,7 @@ class Request:
     session: Optional[Session] = None  # checked out for this request, checked in when it ends
     cached_tokens: int = 0  # prompt tokens whose KV came from a session or the prefix cache
     tenant: str = ""  # whose prefix cache and suffix index this request reads and feeds
+    grammar: Optional[Grammar] = None  # where its output stands in sampling.grammar (engine/grammar.py)
 
     @property
     def token_ids(self) -> list[int]:

@@ -1,6 +1,7 @@
 """Request validation: every rejection is a typed error naming the offending field."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,10 +40,11 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
             "Please reduce the prompt or max_tokens.",
             "max_tokens",
         )
-    if sp.temperature < 0:
-        raise InvalidRequest(f"temperature must be >= 0, got {sp.temperature}", "temperature")
-    if not 0.0 < sp.top_p <= 1.0:
-        raise InvalidRequest(f"top_p must be in (0, 1], got {sp.top_p}", "top_p")
+    # written as `not (in range)`, so NaN (which compares False with everything) is refused too
+    if not 0.0 <= sp.temperature < math.inf:
+        raise InvalidRequest(f"temperature must be a finite number >= 0, got {sp.temperature}", "temperature")
+    if not 0.0 <= sp.top_p <= 1.0:
+        raise InvalidRequest(f"top_p must be in [0, 1] (0 keeps only the most likely token), got {sp.top_p}", "top_p")
     if sp.top_k < 0:
         raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {sp.top_k}", "top_k")
     if not 0.0 <= sp.min_p <= 1.0:
@@ -55,6 +57,9 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
     bad_bias = next((t for t, _ in sp.logit_bias if not 0 <= t < limits.vocab_size), None)
     if bad_bias is not None:
         raise InvalidRequest(f"logit_bias token id {bad_bias} is outside the vocabulary [0, {limits.vocab_size})", "logit_bias")
+    bad_bias = next(((t, b) for t, b in sp.logit_bias if not -100.0 <= b <= 100.0), None)
+    if bad_bias is not None:
+        raise InvalidRequest(f"logit_bias for token {bad_bias[0]} must be in [-100, 100], got {bad_bias[1]}", "logit_bias")
     if spec.method not in limits.methods:
         known = ", ".join(limits.methods)
         raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")

@@ -6,6 +6,7 @@ import asyncio
 from typing import Awaitable, Optional, TypeVar
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
@@ -19,7 +20,9 @@ from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
 from . import errors
 from .generation import ChoiceEnd, run_choice
-from .middleware import COUNTED, BodyLimit, CountRefusals
+from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
+from . import openapi, screen
+from .openapi import RESPONSES
 from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -61,9 +64,14 @@ class ServerState:
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="Kakeya", description="OpenAI-compatible local inference with lossless speculative decoding")
     errors.install(app)
+    openapi.install(app)
     app.state.kakeya = state
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes)
-    app.add_middleware(CountRefusals, metrics=lambda: state.metrics)  # outermost: sees the 413s too
+    app.add_middleware(CountRefusals, metrics=lambda: state.metrics)  # sees the 413s too
+    app.add_middleware(RequestId)
+    if state.config.allowed_origins:  # browsers' preflight and response headers (default: none allowed)
+        app.add_middleware(CORSMiddleware, allow_origins=list(state.config.allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
 
     def auth(request: Request) -> str:
         """The caller's tenant: the hashed key it authenticated with ("" when the server has no keys)."""
@@ -72,7 +80,7 @@ def create_app(state: ServerState) -> FastAPI:
             return ""
         return check_bearer(request.headers.get("authorization", ""), keys, "`Authorization: Bearer <key>`")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=RESPONSES["healthz"])
     async def healthz():
         try:
             engine = state.ready()
@@ -82,35 +90,34 @@ def create_app(state: ServerState) -> FastAPI:
         # | graphs (CUDA graphs replay one-token steps)
         return {"status": "ok", "model": engine.info.name, "decode_path": engine.core.verifier.path}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=RESPONSES["metrics"])
     async def metrics():
         body = state.metrics.render() if state.metrics else b""
         return Response(body, media_type=Metrics.content_type)
 
-    @app.get("/v1/models", dependencies=[Depends(auth)])
+    @app.get("/v1/models", dependencies=[Depends(auth)], responses=RESPONSES["models"])
     async def list_models():
         engine = state.ready()
         return {"object": "list", "data": [_model_card(engine)]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(auth)])
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(auth)], responses=RESPONSES["model"])
     async def get_model(model_id: str):
         engine = state.ready()
         _check_model(engine, model_id)
         return _model_card(engine)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=RESPONSES["chat"])
     async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        kwargs = dict(body.chat_template_kwargs or {})
         prompt = apply_chat_template(
             engine.tokenizer, [m.to_template() for m in body.messages], tools=body.tools,
-            enable_thinking=kwargs.get("enable_thinking"),
+            enable_thinking=body.enable_thinking,
         )
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await _complete(state, engine, body, prompt, max_tokens, request, tenant, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=RESPONSES["completions"])
     async def completions(body: CompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
@@ -118,16 +125,16 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = list(body.prompt) if isinstance(body.prompt, list) else tok(body.prompt, add_special_tokens=False)["input_ids"]
         return await _complete(state, engine, body, prompt, body.max_tokens, request, tenant, chat=False)
 
-    @app.post("/v1/sessions")
+    @app.post("/v1/sessions", responses=RESPONSES["session"])
     async def create_session(tenant: str = Depends(auth)):
         """A session with a server-generated, unguessable id (client-named ids are created on first use)."""
         return session_info(await state.ready().create_session(tenant=tenant))
 
-    @app.get("/v1/sessions/{session_id}")
+    @app.get("/v1/sessions/{session_id}", responses=RESPONSES["session"])
     async def get_session(session_id: str, tenant: str = Depends(auth)):
         return session_info(await state.ready().session_info(session_id, tenant))
 
-    @app.delete("/v1/sessions/{session_id}")
+    @app.delete("/v1/sessions/{session_id}", responses=RESPONSES["session_deleted"])
     async def delete_session(session_id: str, tenant: str = Depends(auth)):
         await state.ready().close_session(session_id, tenant)
         return {"id": session_id, "object": "session.deleted", "deleted": True}
@@ -137,7 +144,7 @@ def create_app(state: ServerState) -> FastAPI:
 
 def _session(body, request: Request) -> Optional[str]:
     """The session named by the body's `session_id` or the `X-Session-Id` header (created on first use)."""
-    sid = body.session_id or request.headers.get("x-session-id")
+    sid = body.session_id or screen.session_id(request.headers.get("x-session-id"), "X-Session-Id")
     if sid is not None and body.n != 1:
         raise InvalidRequest("a session continues one conversation: n must be 1 with session_id", "n")
     return sid
@@ -172,8 +179,13 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
-        ignore_eos=body.ignore_eos,
+        ignore_eos=body.ignore_eos, grammar=_grammar(body),
     )
+
+
+def _grammar(body) -> Optional[str]:
+    fmt = getattr(body, "response_format", None)
+    return None if fmt is None else fmt.grammar()
 
 
 def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
@@ -234,7 +246,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
             yield {"event": "error", "data": errors.sse_error(e)}
         yield {"data": "[DONE]"}
 
-    return _Events(events(), streams, ping=state.config.keepalive_seconds)
+    # LF LF between events: many hand-written clients split the stream on "\n\n"
+    return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n")
 
 
 async def _admit(engine: AsyncEngine, body, prompt: list[int], max_tokens, request: Request, tenant: str,
@@ -247,6 +260,8 @@ async def _admit(engine: AsyncEngine, body, prompt: list[int], max_tokens, reque
         max_tokens = 16  # OpenAI's default for /v1/completions
     params = [_sampling(body, len(prompt), max_tokens, engine, i) for i in range(body.n)]
     spec = _spec(body, engine)
+    if params[0].grammar is not None:  # compiled in a worker thread: the engine thread only copies it
+        await asyncio.to_thread(engine.core.grammars.prepare, params[0].grammar)
     validate(prompt, params[0], spec, engine.limits)
     session = _session(body, request)
     streams: list[RequestStream] = []

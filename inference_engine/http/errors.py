@@ -30,7 +30,8 @@ def _param_path(loc) -> list[str]:
     return [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none",
+               "TextPart", "RefusalPart", "NamedToolChoice"}  # union members that are models
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:

@@ -24,7 +24,10 @@ def spec_dict(spec: SpecStats) -> dict:
     }
 
 
-def usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
+SYSTEM_FINGERPRINT = "kakeya"  # OpenAI's field for "the backend configuration"; constant here
+
+
+def usage(prompt_len: int, ends: list[ChoiceEnd], reasoning_tokens: int = 0) -> dict:
     spec = SpecStats()
     for e in ends:
         spec.add(e.spec)
@@ -32,6 +35,9 @@ def usage(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
     return {
         "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,
         "prompt_tokens_details": {"cached_tokens": max((e.cached_tokens for e in ends), default=0)},
+        # reasoning_tokens: the reasoning text re-tokenized (the parser splits text, not tokens)
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
         "speculative": spec_dict(spec),
     }
 
@@ -41,11 +47,17 @@ class Completion:
                  return_token_ids: bool = False):
         self.chat, self.model, self.prompt_len, self.n = chat, model, prompt_len, n
         self.return_token_ids = return_token_ids
+        self.include_usage = False  # set by stream()
         self.tokenizer, self.want_logprobs = tokenizer, want_logprobs
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.parsers = [OutputParser(tools) for _ in range(n)] if chat else None
         self.offsets = [0] * n  # text offset per choice, for completions logprobs
+        self.reasoning = [""] * n  # per chat choice: the reasoning text, for usage's reasoning_tokens
+
+    def _usage(self, ends: list[ChoiceEnd]) -> dict:
+        text = "".join(self.reasoning)
+        return usage(self.prompt_len, ends, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0)
 
     # -- logprobs ----------------------------------------------------------------
 
@@ -86,7 +98,7 @@ class Completion:
                 c["token_ids"] = e.token_ids
         obj = "chat.completion" if self.chat else "text_completion"
         body = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
-                "usage": usage(self.prompt_len, done)}
+                "usage": self._usage(done), "system_fingerprint": SYSTEM_FINGERPRINT, "service_tier": "default"}
         return body, done
 
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], end: ChoiceEnd, echo: str) -> dict:
@@ -95,9 +107,11 @@ class Completion:
             return {"index": i, "text": echo + text, "logprobs": self.logprobs(i, lps), "finish_reason": finish}
         parser = self.parsers[i]
         p = _join(parser.push(text), parser.flush())
-        message: dict = {"role": "assistant", "content": p.content if (p.content or not p.tool_calls) else None}
-        if p.reasoning:
-            message["reasoning_content"] = p.reasoning
+        message: dict = {"role": "assistant", "content": p.content if (p.content or not p.tool_calls) else None,
+                         "refusal": None}
+        if p.reasoning:  # vLLM and Ollama name it `reasoning`, older clients read `reasoning_content`
+            message["reasoning"] = message["reasoning_content"] = p.reasoning
+            self.reasoning[i] = p.reasoning
         if p.tool_calls:
             message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in p.tool_calls]
             finish = "tool_calls" if finish == "stop" else finish
@@ -107,8 +121,9 @@ class Completion:
 
     def chunk(self, choices: list, usage_: Optional[dict] = None) -> dict:
         out = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-               "created": self.created, "model": self.model, "choices": choices}
-        if usage_ is not None:
+               "created": self.created, "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT,
+               "service_tier": "default", "choices": choices}
+        if usage_ is not None or self.include_usage:  # with include_usage, null on every chunk but the last
             out["usage"] = usage_
         return {"data": json.dumps(out, ensure_ascii=False)}
 
@@ -116,6 +131,7 @@ class Completion:
                      on_done: Callable[[list[ChoiceEnd]], None]) -> AsyncIterator[dict]:
         ends: list[ChoiceEnd] = []
         called_tools = [False] * self.n
+        self.include_usage = include_usage
         if self.chat:
             for i in range(self.n):
                 yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -133,7 +149,7 @@ class Completion:
             delta = {"delta": {}} if self.chat else {"text": ""}
             yield self.chunk([{"index": i, **delta, "logprobs": None, "finish_reason": finish}])
         if include_usage:
-            yield self.chunk([], usage(self.prompt_len, ends))
+            yield self.chunk([], self._usage(ends))
         on_done(ends)
 
     def _delta_choices(self, i: int, piece: Delta, called_tools: list[bool], final: bool = False) -> list[dict]:
@@ -144,7 +160,8 @@ class Completion:
         p = parser.flush() if final else parser.push(piece.text)
         out = []
         if p.reasoning:
-            out.append({"reasoning_content": p.reasoning})
+            self.reasoning[i] += p.reasoning
+            out.append({"reasoning": p.reasoning, "reasoning_content": p.reasoning})
         if p.content:
             out.append({"content": p.content})
         if p.tool_calls:

@@ -1,10 +1,19 @@
 """OpenAI wire format (the subset Kakeya honours). Unknown fields are ignored, as OpenAI does."""
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+import llguidance
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
+
+from ..errors import InvalidRequest
+from . import screen
+
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 
 
 class _Lenient(BaseModel):
@@ -16,9 +25,27 @@ class TextPart(_Lenient):
     text: str
 
 
+class RefusalPart(_Lenient):
+    """An assistant turn's refusal, as the OpenAI client sends it back in history."""
+    type: Literal["refusal"]
+    refusal: str
+
+
 class FunctionCall(_Lenient):
     name: str
     arguments: str  # JSON text, as OpenAI sends it
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, v: str) -> str:
+        try:
+            parsed = json.loads(v)
+        except ValueError as e:
+            raise PydanticCustomError("json_invalid", "arguments must be a JSON object as text: {error}",
+                                      {"error": str(e)}) from None
+        if not isinstance(parsed, dict):
+            raise PydanticCustomError("json_type", "arguments must be a JSON object as text")
+        return v
 
 
 class ToolCall(_Lenient):
@@ -31,7 +58,7 @@ class ToolCall(_Lenient):
 
 
 class FunctionDefinition(_Lenient):
-    name: str
+    name: str = Field(pattern=FUNCTION_NAME)
     description: Optional[str] = None
     parameters: Optional[dict[str, Any]] = None
 
@@ -76,7 +103,7 @@ class ChatMessage(_Lenient):
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None
     tool_call_id: Optional[str] = Field(default=None, validate_default=True)
-    content: Optional[Union[str, list[TextPart]]] = Field(default=None, validate_default=True)
+    content: Optional[Union[str, list[Union[TextPart, RefusalPart]]]] = Field(default=None, validate_default=True)
 
     @field_validator("tool_call_id")
     @classmethod
@@ -100,7 +127,8 @@ class ChatMessage(_Lenient):
 
     def to_template(self) -> dict[str, Any]:
         """The dict a chat template expects: content as one string."""
-        content = self.content if isinstance(self.content, str) or self.content is None else "".join(p.text for p in self.content)
+        content = self.content if isinstance(self.content, str) or self.content is None else \
+            "".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
         msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
         for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
@@ -108,6 +136,42 @@ class ChatMessage(_Lenient):
         if self.tool_calls is not None:
             msg["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         return msg
+
+
+class _FunctionName(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: _FunctionName
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Lenient):
+    """`text`, `json_object` or `json_schema` (its `json_schema.name` and `schema`)."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise PydanticCustomError("missing", "response_format of type json_schema needs json_schema")
+        return self
+
+    def grammar(self) -> Optional[str]:
+        """The llguidance grammar the output must match (None for text). Compact JSON (no free
+        whitespace between tokens): a model that may pad with whitespace sometimes never stops."""
+        if self.type == "text":
+            return None
+        schema = {"type": "object"} if self.type == "json_object" else (self.json_schema.schema_ or {})
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
 
 
 class StreamOptions(_Lenient):
@@ -123,14 +187,14 @@ class SpeculativeOptions(_Lenient):
 
 class _SamplingFields(_Lenient):
     model: Optional[str] = None
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)  # 0 keeps only the most likely token
     top_k: int = Field(default=0, ge=-1)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
-    n: int = Field(default=1, ge=1, le=16)
+    stop: Optional[Union[str, Annotated[list[str], Field(max_length=4)]]] = None  # OpenAI: up to 4
+    n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
@@ -142,6 +206,21 @@ class _SamplingFields(_Lenient):
     return_token_ids: bool = False  # extension (as vLLM): each choice carries its generated token ids
     ignore_eos: bool = False        # extension (as vLLM): generate max_tokens whatever the model says
 
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: Any) -> Any:
+        """The hostile-input table (screen.py) first; then an explicit null means "the default",
+        as OpenAI reads it (the openai client sends `temperature=None` as null)."""
+        if isinstance(data, dict):
+            screen.screen(data)
+            data = {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id(cls, v: Optional[str]) -> Optional[str]:
+        return screen.session_id(v, "session_id")
+
     @property
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -152,10 +231,35 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Optional[int] = None
     # Kept as the client's dicts (they go to the chat template as sent); only their shape is checked.
     tools: Annotated[Optional[list[_Tool]], WithJsonSchema(_TOOLS_SCHEMA)] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: bool = True
+    response_format: Optional[ResponseFormat] = None
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice names tools but the request has none", "tool_choice")
+        if isinstance(choice, NamedToolChoice):
+            names = [t["function"]["name"] for t in self.tools]
+            if choice.function.name not in names:
+                raise InvalidRequest(f"tool_choice names function {choice.function.name!r}, which is not among tools "
+                                     f"({', '.join(names)})", "tool_choice")
+        return self
+
+    @property
+    def enable_thinking(self) -> Optional[bool]:
+        """chat_template_kwargs.enable_thinking, else what reasoning_effort implies (none/minimal: off)."""
+        kwargs = self.chat_template_kwargs or {}
+        if "enable_thinking" in kwargs:
+            return kwargs["enable_thinking"]
+        return None if self.reasoning_effort is None else self.reasoning_effort not in ("none", "minimal")
 
     @property
     def num_logprobs(self) -> Optional[int]:

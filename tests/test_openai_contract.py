@@ -1,0 +1,130 @@
+"""The OpenAI request/response contract beyond the basics (issue 14, deliverable 3): explicit
+nulls, OpenAI's validation ranges both ways, the response fields clients read, `x-request-id`,
+LF LF SSE framing and CORS — against a real uvicorn server on the tiny Qwen3, through the
+official client where it applies and raw HTTP where framing and headers are the point."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from http_server import LiveServer
+from inference_engine.config import EngineConfig, ServerConfig
+from inference_engine.engine.async_engine import AsyncEngine
+from inference_engine.engine.llm import LLM
+from inference_engine.http.app import ServerState, create_app
+
+USER = {"role": "user", "content": "hi"}
+ORIGIN = "http://localhost:3000"
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.fixture(scope="module")
+def live(tiny_loaded):
+    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(allowed_origins=(ORIGIN,)), engine))) as server:
+        yield server
+    engine.shutdown()
+
+
+def _chat(live, **body) -> httpx.Response:
+    return httpx.post(live.url + "/v1/chat/completions", json={"messages": [USER], "max_tokens": 2, **body}, timeout=60)
+
+
+def test_openai_client_sends_nulls(live):
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model=openai.NOT_GIVEN, messages=[USER],
+                                       max_tokens=2, temperature=None, top_p=None, n=None, stream=None,
+                                       presence_penalty=None, frequency_penalty=None, logprobs=None, seed=None)
+    assert r.choices[0].message.refusal is None and r.system_fingerprint == "kakeya" and r.service_tier == "default"
+    assert r.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty",
+                                   "logprobs", "top_logprobs", "stop", "logit_bias", "seed", "stream_options"])
+def test_explicit_null_means_default(live, field):
+    r = _chat(live, **{field: None})
+    assert r.status_code == 200, r.text
+    r = httpx.post(live.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "echo": None, field: None})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("body", [
+    {"top_p": 0},                                            # greedy over the top token
+    {"n": 20, "max_tokens": 1},                              # OpenAI allows up to 128
+    {"messages": [USER, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]}, USER]},
+    {"reasoning_effort": "low"},
+    {"tools": [TOOL], "tool_choice": "required"},
+    {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"response_format": {"type": "text"}},
+])
+def test_accepted_as_openai_does(live, body):
+    r = _chat(live, **body)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"top_logprobs": 3}, "top_logprobs"),                   # needs logprobs: true
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),           # at most 4
+    ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+    ({"tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),            # no tools to require
+    ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    ({"messages": [USER, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"}]}, "messages.1.tool_calls.0.function.arguments"),
+])
+def test_refused_as_openai_does(live, body, param):
+    r = _chat(live, **body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+
+
+def test_request_id_header(live):
+    r = _chat(live)
+    assert r.headers["x-request-id"].startswith("req-")
+    assert _chat(live, top_logprobs=3).headers["x-request-id"].startswith("req-")  # errors carry one too
+    given = httpx.post(live.url + "/v1/chat/completions", json={"messages": [USER], "max_tokens": 1},
+                       headers={"x-request-id": "trace-123"}, timeout=60)
+    assert given.headers["x-request-id"] == "trace-123"
+
+
+def test_sse_events_end_in_lf_lf_and_usage_is_null_until_the_last_chunk(live):
+    r = _chat(live, stream=True, stream_options={"include_usage": True}, max_tokens=3)
+    assert r.status_code == 200 and "\r" not in r.text
+    events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert all(c["system_fingerprint"] == "kakeya" for c in chunks)
+    plain = _chat(live, stream=True, max_tokens=2)
+    assert all("usage" not in json.loads(e[6:]) for e in plain.text.split("\n\n") if e.startswith("data: {"))
+
+
+def test_cors_preflight_and_response_headers(live):
+    pre = httpx.options(live.url + "/v1/chat/completions", headers={
+        "origin": ORIGIN, "access-control-request-method": "POST", "access-control-request-headers": "content-type"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == ORIGIN
+    r = httpx.post(live.url + "/v1/chat/completions", json={"messages": [USER], "max_tokens": 1},
+                   headers={"origin": ORIGIN}, timeout=60)
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.options(live.url + "/v1/chat/completions", headers={
+        "origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_by_default(tiny_loaded):
+    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
+    try:
+        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+            pre = httpx.options(server.url + "/v1/chat/completions", headers={
+                "origin": ORIGIN, "access-control-request-method": "POST"})
+            assert "access-control-allow-origin" not in pre.headers
+    finally:
+        engine.shutdown()

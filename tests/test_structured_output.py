@@ -1,0 +1,136 @@
+"""Structured output (engine/grammar.py, llguidance): the output matches the grammar, greedy and
+sampled, with every proposer; greedy speculation under a grammar equals plain decoding under the
+same grammar (float32), with drafts both accepted and rejected; and through the real server the
+official client's `chat.completions.parse` returns a parsed pydantic object."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import llguidance
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from http_server import LiveServer
+from inference_engine.config import EngineConfig
+from inference_engine.engine.async_engine import AsyncEngine
+from inference_engine.engine.llm import LLM
+from inference_engine.errors import InvalidRequest
+from inference_engine.http.app import ServerState, create_app
+from inference_engine.config import ServerConfig
+from inference_engine.types import SamplingParams, SpeculativeParams
+
+PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "tags", "age"], "properties": {
+    "name": {"type": "string", "maxLength": 24},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
+    "age": {"type": "integer", "minimum": -999, "maximum": 999}}}
+GRAMMAR = llguidance.LLMatcher.grammar_from_json_schema(SCHEMA, defaults={"whitespace_flexible": False})
+METHODS = [("none", 0), ("ngram", 4), ("suffix", 4), ("draft", 4)]
+
+
+def _valid(text: str) -> bool:
+    obj = json.loads(text)
+    return (set(obj) == {"name", "tags", "age"} and isinstance(obj["name"], str) and len(obj["name"]) <= 24
+            and isinstance(obj["age"], int) and -999 <= obj["age"] <= 999 and isinstance(obj["tags"], list) and len(obj["tags"]) <= 3
+            and all(isinstance(t, str) and len(t) <= 8 for t in obj["tags"]))
+
+
+def _run(loaded, method, k, prompt=PROMPT, **sampling):
+    llm = LLM(loaded, EngineConfig(prefix_cache=False), draft=loaded if method == "draft" else None)
+    sp = SamplingParams(max_tokens=120, grammar=GRAMMAR, **sampling)
+    if method == "suffix":  # the index holds the plain output first, so suffix drafts from it
+        llm.generate(prompt, sp, SpeculativeParams("none", 0))
+    return llm.generate(prompt, sp, SpeculativeParams(method, k))
+
+
+def test_greedy_speculation_under_a_grammar_equals_plain(tiny_loaded):
+    plain = _run(tiny_loaded, "none", 0)
+    assert plain.finish_reason.value == "stop" and _valid(plain.text), plain.text
+    drafted = accepted = 0
+    repetitive = PROMPT + [4913, 606, 788, 330] * 4  # `{"name": "` repeated: n-gram drafts the grammar allows
+    for prompt in (PROMPT, repetitive):
+        ref = _run(tiny_loaded, "none", 0, prompt).token_ids
+        for method, k in METHODS[1:]:
+            out = _run(tiny_loaded, method, k, prompt)
+            assert out.token_ids == ref, (method, prompt)
+            drafted, accepted = drafted + out.spec.draft_tokens, accepted + out.spec.accepted_tokens
+    assert 0 < accepted < drafted  # drafts were both accepted and rejected
+
+
+@pytest.mark.parametrize("method, k", METHODS)
+def test_sampled_output_matches_the_schema(tiny_loaded, method, k):
+    for seed in range(3):
+        out = _run(tiny_loaded, method, k, temperature=1.0, seed=seed)
+        assert out.finish_reason.value == "stop" and _valid(out.text), out.text
+
+
+def test_a_grammar_that_does_not_compile_is_refused(tiny_llm):
+    bad = llguidance.LLMatcher.grammar_from_json_schema({"type": "nonsense"})
+    with pytest.raises(InvalidRequest) as e:
+        tiny_llm.generate(PROMPT, SamplingParams(max_tokens=4, grammar=bad))
+    assert e.value.param == "response_format" and not tiny_llm.core.has_work
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+class Bounded(BaseModel):
+    """For the random-weight model, which would otherwise write one string forever."""
+    name: str = Field(max_length=12)
+    age: int = Field(ge=0, le=150)
+
+
+@pytest.fixture(scope="module")
+def live(tiny_loaded):
+    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+        yield server
+    engine.shutdown()
+
+
+def test_openai_parse_with_a_pydantic_model(live):
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    r = client.chat.completions.parse(model=openai.NOT_GIVEN, response_format=Bounded, max_tokens=200, temperature=0,
+                                      messages=[{"role": "user", "content": "Who are you?"}])
+    person = r.choices[0].message.parsed
+    assert isinstance(person, Bounded) and r.choices[0].finish_reason == "stop" and 0 <= person.age <= 150
+
+
+def test_json_schema_streamed(live):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "temperature": 0, "stream": True,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}}
+    r = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    chunks = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert _valid(text) and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_bad_schema_is_400(live):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}
+    r = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+
+
+@pytest.mark.real_model
+def test_default_model_parse(smol_loaded):
+    """SmolLM2 (the default model) through the server: a parsed object that also says something."""
+    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
+    try:
+        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            r = client.chat.completions.parse(
+                model=openai.NOT_GIVEN, response_format=Person, max_tokens=64, temperature=0,
+                messages=[{"role": "user", "content": "Make up a person: give a name and an age as JSON."}])
+            person = r.choices[0].message.parsed
+            assert isinstance(person, Person) and person.name.strip()
+            r = client.chat.completions.create(
+                model=openai.NOT_GIVEN, response_format={"type": "json_object"}, max_tokens=256, temperature=0,
+                messages=[{"role": "user", "content": "Give me a JSON object with the keys name and color for a cat."}])
+            assert isinstance(json.loads(r.choices[0].message.content), dict)
+    finally:
+        engine.shutdown()
