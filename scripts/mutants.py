@@ -249,6 +249,9 @@ MUTANTS: list[Mutant] = [
     Mutant("grammar_bonus_row_unmasked", "inference_engine/engine/grammar.py",
            "        for i in range(rows):", "        for i in range(rows - 1):",
            (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
+    Mutant("named_tool_allows_many_calls", "inference_engine/http/tools.py",
+           'if parallel and choice == "required" else ""', 'if parallel else ""',
+           ("tests/test_tool_calls.py::test_named_function_is_called",)),
     # -- the hostile-input table and the engine's range checks ------------------------------------
     Mutant("screen_depth_unbounded", SCREEN,
            "if depth >= MAX_DEPTH:", "if depth >= 100 * MAX_DEPTH:",

@@ -21,7 +21,7 @@ from ..types import SamplingParams, SpeculativeParams
 from . import errors
 from .generation import ChoiceEnd, run_choice
 from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
-from . import openapi, screen
+from . import openapi, screen, tools
 from .openapi import RESPONSES
 from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -110,10 +110,14 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        prompt = apply_chat_template(
-            engine.tokenizer, [m.to_template() for m in body.messages], tools=body.tools,
-            enable_thinking=body.enable_thinking,
-        )
+        messages, native = [m.to_template() for m in body.messages], tools.renders_tools(engine.tokenizer)
+        if body.tools and not native:  # the template ignores tools: state them and the convention
+            messages = tools.inject(messages, body.tools)
+        thinking = body.enable_thinking
+        if thinking is None and body.forces_tool_call:  # the call is the whole answer
+            thinking = False
+        prompt = apply_chat_template(engine.tokenizer, messages, tools=body.tools if native else None,
+                                     enable_thinking=thinking)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await _complete(state, engine, body, prompt, max_tokens, request, tenant, chat=True)
 
@@ -179,11 +183,14 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
-        ignore_eos=body.ignore_eos, grammar=_grammar(body),
+        ignore_eos=body.ignore_eos, grammar=_grammar(body, engine),
     )
 
 
-def _grammar(body) -> Optional[str]:
+def _grammar(body, engine: AsyncEngine) -> Optional[str]:
+    """A forced tool call's grammar, else response_format's; None: unconstrained."""
+    if getattr(body, "forces_tool_call", False):
+        return tools.grammar(engine.tokenizer, body.tools, body.tool_choice, body.parallel_tool_calls)
     fmt = getattr(body, "response_format", None)
     return None if fmt is None else fmt.grammar()
 
@@ -211,8 +218,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
                                       [g for e in ends for g in e.token_gaps])
 
     streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)  # refusals: CountRefusals
-    tools = chat and bool(body.tools) and body.tool_choice != "none"
-    out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, tools,
+    parse_tools = chat and bool(body.tools) and body.tool_choice != "none"
+    out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, parse_tools,
                      body.num_logprobs is not None, body.return_token_ids)
     choices = [run_choice(s, engine.tokenizer, body.stop_list) for s in streams]
 

@@ -254,6 +254,10 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
     @property
+    def forces_tool_call(self) -> bool:
+        return bool(self.tools) and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice))
+
+    @property
     def enable_thinking(self) -> Optional[bool]:
         """chat_template_kwargs.enable_thinking, else what reasoning_effort implies (none/minimal: off)."""
         kwargs = self.chat_template_kwargs or {}

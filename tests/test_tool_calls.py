@@ -1,0 +1,98 @@
+"""Tool calling that is enforced and works with any model (http/tools.py): `tool_choice`
+`required` or a named function always yields a valid call, through the real server and the
+official client, on the tiny Qwen3 (its template renders tools) and on SmolLM2 (its template
+ignores them: the server states them and the calling convention itself)."""
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from http_server import LiveServer
+from inference_engine.config import EngineConfig, ServerConfig
+from inference_engine.engine.async_engine import AsyncEngine
+from inference_engine.engine.llm import LLM
+from inference_engine.http import tools
+from inference_engine.http.app import ServerState, create_app
+from inference_engine.tokenizer import apply_chat_template
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+           "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                          "properties": {"city": {"type": "string", "maxLength": 16}}}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "Current time",
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["utc_offset"],
+                       "properties": {"utc_offset": {"type": "integer", "minimum": -12, "maximum": 14}}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_loaded):
+    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
+    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    engine.shutdown()
+
+
+def _check_call(call, name: str) -> dict:
+    assert call.type == "function" and call.function.name == name and call.id.startswith("call_")
+    return json.loads(call.function.arguments)
+
+
+@pytest.mark.parametrize("method", ["none", "suffix"])
+def test_named_function_is_called(client, method):
+    r = client.chat.completions.create(
+        model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=60, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        extra_body={"speculative": {"method": method, "num_draft_tokens": 4}})
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c.message
+    args = _check_call(c.message.tool_calls[0], "get_time")
+    assert isinstance(args["utc_offset"], int) and -12 <= args["utc_offset"] <= 14
+
+
+def test_required_with_sampling_calls_one_of_the_tools(client):
+    for seed in range(3):
+        r = client.chat.completions.create(model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=80,
+                                           temperature=1.0, seed=seed, tool_choice="required", parallel_tool_calls=False)
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+        assert calls[0].function.name in ("get_weather", "get_time")
+        _check_call(calls[0], calls[0].function.name)
+
+
+def test_streamed_call(client):
+    chunks = list(client.chat.completions.create(
+        model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER], max_tokens=60, temperature=0, stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_templates_with_and_without_tools(tiny_loaded, smol_loaded):
+    assert tools.renders_tools(tiny_loaded.tokenizer) and not tools.renders_tools(smol_loaded.tokenizer)
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C, sunny"}]
+    text = smol_loaded.tokenizer.decode(apply_chat_template(smol_loaded.tokenizer, tools.inject(history, [WEATHER])))
+    assert '"name": "get_weather"' in text and "<tool_call>" in text and "18 C, sunny" in text
+    assert text.count("get_weather") >= 2  # listed in the system message and called in history
+
+
+@pytest.mark.real_model
+def test_default_model_calls_the_named_function(smol_loaded):
+    """SmolLM2, whose template has no tool section, still makes a valid call when one is named."""
+    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
+    try:
+        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            r = client.chat.completions.create(
+                model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=64, temperature=0,
+                tool_choice={"type": "function", "function": {"name": "get_weather"}})
+            args = _check_call(r.choices[0].message.tool_calls[0], "get_weather")
+            assert r.choices[0].finish_reason == "tool_calls" and args["city"].strip()
+    finally:
+        engine.shutdown()
