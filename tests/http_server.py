@@ -1,6 +1,7 @@
 """A real uvicorn server on 127.0.0.1 (free port) in a background thread, for end-to-end tests."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -36,3 +37,25 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serving(loaded, engine_config=None, **server_kwargs):
+    """A real engine on `loaded` behind a LiveServer; yields (server, engine), shuts both down."""
+    from inference_engine.config import EngineConfig, ServerConfig
+    from inference_engine.engine.async_engine import AsyncEngine
+    from inference_engine.engine.llm import LLM
+    from inference_engine.http.app import ServerState, create_app
+
+    engine = AsyncEngine(LLM(loaded, engine_config or EngineConfig()))
+    try:
+        with LiveServer(create_app(ServerState(ServerConfig(**server_kwargs), engine))) as server:
+            yield server, engine
+    finally:
+        engine.shutdown()
+
+
+def openai_client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)

@@ -8,11 +8,7 @@ import json
 import httpx
 import pytest
 
-from http_server import LiveServer
-from inference_engine.config import EngineConfig, ServerConfig
-from inference_engine.engine.async_engine import AsyncEngine
-from inference_engine.engine.llm import LLM
-from inference_engine.http.app import ServerState, create_app
+from http_server import serving
 from inference_engine.http.screen import MAX_DEPTH, RULES
 
 USER = {"role": "user", "content": "hi"}
@@ -21,10 +17,8 @@ LIMIT = 64 * 1024
 
 @pytest.fixture(scope="module")
 def live(tiny_loaded):
-    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
-    with LiveServer(create_app(ServerState(ServerConfig(max_body_bytes=LIMIT), engine))) as server:
+    with serving(tiny_loaded, max_body_bytes=LIMIT) as (server, engine):
         yield server, engine
-    engine.shutdown()
 
 
 def _nested(depth: int):

@@ -10,11 +10,7 @@ import httpx
 import openai
 import pytest
 
-from http_server import LiveServer
-from inference_engine.config import EngineConfig, ServerConfig
-from inference_engine.engine.async_engine import AsyncEngine
-from inference_engine.engine.llm import LLM
-from inference_engine.http.app import ServerState, create_app
+from http_server import openai_client, serving
 
 USER = {"role": "user", "content": "hi"}
 ORIGIN = "http://localhost:3000"
@@ -23,10 +19,8 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"
 
 @pytest.fixture(scope="module")
 def live(tiny_loaded):
-    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
-    with LiveServer(create_app(ServerState(ServerConfig(allowed_origins=(ORIGIN,)), engine))) as server:
+    with serving(tiny_loaded, allowed_origins=(ORIGIN,)) as (server, _):
         yield server
-    engine.shutdown()
 
 
 def _chat(live, **body) -> httpx.Response:
@@ -34,8 +28,7 @@ def _chat(live, **body) -> httpx.Response:
 
 
 def test_openai_client_sends_nulls(live):
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-    r = client.chat.completions.create(model=openai.NOT_GIVEN, messages=[USER],
+    r = openai_client(live).chat.completions.create(model=openai.NOT_GIVEN, messages=[USER],
                                        max_tokens=2, temperature=None, top_p=None, n=None, stream=None,
                                        presence_penalty=None, frequency_penalty=None, logprobs=None, seed=None)
     assert r.choices[0].message.refusal is None and r.system_fingerprint == "kakeya" and r.service_tier == "default"
@@ -120,11 +113,7 @@ def test_cors_preflight_and_response_headers(live):
 
 
 def test_no_cors_by_default(tiny_loaded):
-    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
-    try:
-        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
-            pre = httpx.options(server.url + "/v1/chat/completions", headers={
-                "origin": ORIGIN, "access-control-request-method": "POST"})
-            assert "access-control-allow-origin" not in pre.headers
-    finally:
-        engine.shutdown()
+    with serving(tiny_loaded) as (server, _):
+        pre = httpx.options(server.url + "/v1/chat/completions", headers={
+            "origin": ORIGIN, "access-control-request-method": "POST"})
+        assert "access-control-allow-origin" not in pre.headers

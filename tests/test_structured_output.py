@@ -12,13 +12,10 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from http_server import LiveServer
+from http_server import openai_client, serving
 from inference_engine.config import EngineConfig
-from inference_engine.engine.async_engine import AsyncEngine
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import InvalidRequest
-from inference_engine.http.app import ServerState, create_app
-from inference_engine.config import ServerConfig
 from inference_engine.types import SamplingParams, SpeculativeParams
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
@@ -86,14 +83,12 @@ class Bounded(BaseModel):
 
 @pytest.fixture(scope="module")
 def live(tiny_loaded):
-    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
-    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
+    with serving(tiny_loaded) as (server, _):
         yield server
-    engine.shutdown()
 
 
 def test_openai_parse_with_a_pydantic_model(live):
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    client = openai_client(live)
     r = client.chat.completions.parse(model=openai.NOT_GIVEN, response_format=Bounded, max_tokens=200, temperature=0,
                                       messages=[{"role": "user", "content": "Who are you?"}])
     person = r.choices[0].message.parsed
@@ -119,18 +114,14 @@ def test_bad_schema_is_400(live):
 @pytest.mark.real_model
 def test_default_model_parse(smol_loaded):
     """SmolLM2 (the default model) through the server: a parsed object that also says something."""
-    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
-    try:
-        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
-            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-            r = client.chat.completions.parse(
-                model=openai.NOT_GIVEN, response_format=Person, max_tokens=64, temperature=0,
-                messages=[{"role": "user", "content": "Make up a person: give a name and an age as JSON."}])
-            person = r.choices[0].message.parsed
-            assert isinstance(person, Person) and person.name.strip()
-            r = client.chat.completions.create(
-                model=openai.NOT_GIVEN, response_format={"type": "json_object"}, max_tokens=256, temperature=0,
-                messages=[{"role": "user", "content": "Give me a JSON object with the keys name and color for a cat."}])
-            assert isinstance(json.loads(r.choices[0].message.content), dict)
-    finally:
-        engine.shutdown()
+    with serving(smol_loaded) as (server, _):
+        client = openai_client(server)
+        r = client.chat.completions.parse(
+            model=openai.NOT_GIVEN, response_format=Person, max_tokens=64, temperature=0,
+            messages=[{"role": "user", "content": "Make up a person: give a name and an age as JSON."}])
+        person = r.choices[0].message.parsed
+        assert isinstance(person, Person) and person.name.strip()
+        r = client.chat.completions.create(
+            model=openai.NOT_GIVEN, response_format={"type": "json_object"}, max_tokens=256, temperature=0,
+            messages=[{"role": "user", "content": "Give me a JSON object with the keys name and color for a cat."}])
+        assert isinstance(json.loads(r.choices[0].message.content), dict)

@@ -9,12 +9,8 @@ import json
 import openai
 import pytest
 
-from http_server import LiveServer
-from inference_engine.config import EngineConfig, ServerConfig
-from inference_engine.engine.async_engine import AsyncEngine
-from inference_engine.engine.llm import LLM
+from http_server import openai_client, serving
 from inference_engine.http import tools
-from inference_engine.http.app import ServerState, create_app
 from inference_engine.tokenizer import apply_chat_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
@@ -28,10 +24,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def client(tiny_loaded):
-    engine = AsyncEngine(LLM(tiny_loaded, EngineConfig()))
-    with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    engine.shutdown()
+    with serving(tiny_loaded) as (server, _):
+        yield openai_client(server)
 
 
 def _check_call(call, name: str) -> dict:
@@ -85,14 +79,9 @@ def test_templates_with_and_without_tools(tiny_loaded, smol_loaded):
 @pytest.mark.real_model
 def test_default_model_calls_the_named_function(smol_loaded):
     """SmolLM2, whose template has no tool section, still makes a valid call when one is named."""
-    engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
-    try:
-        with LiveServer(create_app(ServerState(ServerConfig(), engine))) as server:
-            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-            r = client.chat.completions.create(
-                model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=64, temperature=0,
-                tool_choice={"type": "function", "function": {"name": "get_weather"}})
-            args = _check_call(r.choices[0].message.tool_calls[0], "get_weather")
-            assert r.choices[0].finish_reason == "tool_calls" and args["city"].strip()
-    finally:
-        engine.shutdown()
+    with serving(smol_loaded) as (server, _):
+        r = openai_client(server).chat.completions.create(
+            model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=64, temperature=0,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        args = _check_call(r.choices[0].message.tool_calls[0], "get_weather")
+        assert r.choices[0].finish_reason == "tool_calls" and args["city"].strip()
