@@ -29,6 +29,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: Optional[str] = None  # an llguidance grammar (JSON text) the output must match; engine/grammar.py
+    prompt_logprobs: Optional[int] = None  # None: off; n >= 0: each prompt token's logprob + n alternatives
 
     @property
     def adjusts_logits(self) -> bool:
@@ -95,8 +96,8 @@ class TokenLogprob:
     reports it) and the top alternatives as (token id, logprob)."""
 
     token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
+    logprob: Optional[float]  # None only for a prompt's first token, which nothing scores
+    top: Optional[tuple[tuple[int, float], ...]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class EngineResult:
     usage: Usage
     spec: SpecStats
     logprobs: Optional[list[TokenLogprob]] = None
+    prompt_logprobs: Optional[list[TokenLogprob]] = None  # the first token's logprob and top are None
 
 
 @dataclass(slots=True)

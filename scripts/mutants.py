@@ -252,6 +252,9 @@ MUTANTS: list[Mutant] = [
     Mutant("named_tool_allows_many_calls", "inference_engine/http/tools.py",
            'if parallel and choice == "required" else ""', 'if parallel else ""',
            ("tests/test_tool_calls.py::test_named_function_is_called",)),
+    Mutant("prompt_logprobs_shifted", CORE,
+           "_logprobs(logits[: len(scored)], scored,", "_logprobs(logits[1 : len(scored) + 1], scored,",
+           ("tests/test_openai_contract.py::test_completions_echo_logprobs_score_the_prompt",)),
     # -- the hostile-input table and the engine's range checks ------------------------------------
     Mutant("screen_depth_unbounded", SCREEN,
            "if depth >= MAX_DEPTH:", "if depth >= 100 * MAX_DEPTH:",

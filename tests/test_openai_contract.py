@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import torch
 import openai
 import pytest
 
@@ -117,3 +118,47 @@ def test_no_cors_by_default(tiny_loaded):
         pre = httpx.options(server.url + "/v1/chat/completions", headers={
             "origin": ORIGIN, "access-control-request-method": "POST"})
         assert "access-control-allow-origin" not in pre.headers
+
+
+def test_completions_batch_prompts(live):
+    """A list of prompts (strings or token lists): n choices each, index = prompt × n + j, each
+    echoing its own prompt; usage counts every prompt."""
+    r = httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": ["The sky is", "One two three"], "max_tokens": 3, "n": 2, "echo": True, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert [c["text"].startswith(p) for c, p in zip(body["choices"], ["The sky is"] * 2 + ["One two three"] * 2)] == [True] * 4
+    single = [httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": p, "max_tokens": 3, "temperature": 0}).json() for p in ("The sky is", "One two three")]
+    assert body["usage"]["prompt_tokens"] == sum(s["usage"]["prompt_tokens"] for s in single)
+    assert [c["text"] for c in body["choices"]] == [p + s["choices"][0]["text"] for p, s in
+                                                   zip(["The sky is"] * 2 + ["One two three"] * 2, [single[0]] * 2 + [single[1]] * 2)]
+    ids = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": [[791, 12884, 374], [3966]], "max_tokens": 2})
+    assert ids.status_code == 200 and len(ids.json()["choices"]) == 2
+    empty = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": ["ok", ""], "max_tokens": 2})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt.1"
+
+
+def test_completions_echo_logprobs_score_the_prompt(live, tiny_loaded):
+    """echo + logprobs with max_tokens 0, as eval harnesses score text: the prompt's own token
+    log-probabilities (the first is null), equal to the transformers forward's."""
+    ids = [791, 12884, 374, 6303, 13, 576]
+    r = httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 0
+    assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    with torch.inference_mode():
+        ref = tiny_loaded.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)  # [L, V]
+    expected = [ref[i, t].item() for i, t in enumerate(ids[1:])]
+    assert lp["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert all(len(top) == 2 for top in lp["top_logprobs"][1:]) and lp["text_offset"][0] == 0
+    more = httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": ids, "max_tokens": 2, "echo": True, "logprobs": 0, "temperature": 0}).json()["choices"][0]
+    assert len(more["logprobs"]["tokens"]) == len(ids) + 2
+    assert more["logprobs"]["token_logprobs"][1:len(ids)] == pytest.approx(expected, abs=1e-4)
+    no_echo = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": ids, "max_tokens": 0, "logprobs": 1})
+    assert no_echo.status_code == 400 and no_echo.json()["error"]["param"] == "max_tokens"

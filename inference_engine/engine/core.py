@@ -115,7 +115,9 @@ class EngineCore:
         if req.session is not None:
             cache, shared = req.session.cache, common_prefix(req.session.history, req.prompt_ids)
             req.session.cache = None
-        elif self.config.prefix_cache:
+            if req.sampling.prompt_logprobs is not None:  # scoring the prompt needs every row: re-prefill
+                cache = None
+        elif self.config.prefix_cache and req.sampling.prompt_logprobs is None:  # scoring needs every row
             cache, shared = self.sessions.take_prefix(req.prompt_ids, req.tenant)
         else:
             cache, shared = None, 0
@@ -150,6 +152,7 @@ class EngineCore:
         drafts = self.propose(batch)
         before, decoding, t0 = self.verifier.forwards, _decoding(batch), time.perf_counter()
         logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
+        logits = [self.score_prompt(r, d, lg) for r, d, lg in zip(batch, drafts, logits)]
         outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]  # syncs the device
         if decoding and self._costs is not None:
             k, context = max(len(d.tokens) for d in drafts), max(r.num_tokens for r in batch)
@@ -230,6 +233,17 @@ class EngineCore:
             proposer.rewind(req.request_id, len(draft.tokens) - n)
         return draft.truncate(n)
 
+    def score_prompt(self, req: Request, draft: Draft, logits: torch.Tensor) -> torch.Tensor:
+        """A prefill that kept every row (prompt logprobs): rows 0..L-2 score prompt tokens 1..L-1;
+        the last k+1 rows go on as usual."""
+        k1 = len(draft.tokens) + 1
+        if logits.shape[0] == k1:
+            return logits
+        scored = req.prompt_ids[1:]
+        first = TokenLogprob(req.prompt_ids[0], None, None)  # nothing precedes it: unscored
+        req.prompt_logprobs = [first, *_logprobs(logits[: len(scored)], scored, req.sampling.prompt_logprobs)]
+        return logits[-k1:]
+
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
         if req.grammar is not None:  # on a copy: logprobs report the verifier's raw distribution
@@ -279,6 +293,10 @@ class EngineCore:
 
     def _emit(self, req: Request, tokens: Sequence[int]) -> int:
         """Append tokens until a stop condition; returns how many were kept."""
+        if req.remaining <= 0:  # max_tokens 0: the prompt was only scored
+            req.finish_reason = FinishReason.LENGTH
+            del req.logprobs[len(req.output_ids):]
+            return 0
         for n, tok in enumerate(tokens, 1):
             req.output_ids.append(tok)
             stop_requested = bool(req.on_token(tok)) if req.on_token else False

@@ -51,4 +51,5 @@ class LLM:
             usage=Usage(len(req.prompt_ids), len(req.output_ids), req.cached_tokens),
             spec=req.stats,
             logprobs=list(req.logprobs) if req.sampling.logprobs is not None else None,
+            prompt_logprobs=list(req.prompt_logprobs) if req.sampling.prompt_logprobs is not None else None,
         )

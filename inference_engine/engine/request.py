@@ -30,6 +30,7 @@ class Request:
     cached_tokens: int = 0  # prompt tokens whose KV came from a session or the prefix cache
     tenant: str = ""  # whose prefix cache and suffix index this request reads and feeds
     grammar: Optional[Grammar] = None  # where its output stands in sampling.grammar (engine/grammar.py)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # with sampling.prompt_logprobs
 
     @property
     def token_ids(self) -> list[int]:

@@ -29,8 +29,9 @@ def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
 def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, limits: Limits) -> None:
     if len(prompt_ids) == 0:
         raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt")
-    if sp.max_tokens < 1:
-        raise InvalidRequest(f"max_tokens must be at least 1, got {sp.max_tokens}", "max_tokens")
+    least = 0 if sp.prompt_logprobs is not None else 1  # 0: score the prompt only (eval harnesses)
+    if sp.max_tokens < least:
+        raise InvalidRequest(f"max_tokens must be at least {least}, got {sp.max_tokens}", "max_tokens")
     check_token_ids(prompt_ids, limits.vocab_size, "prompt")
     total = len(prompt_ids) + sp.max_tokens
     if total > limits.max_context:
@@ -51,6 +52,8 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
         raise InvalidRequest(f"min_p must be in [0, 1], got {sp.min_p}", "min_p")
     if sp.logprobs is not None and not 0 <= sp.logprobs <= 20:
         raise InvalidRequest(f"top_logprobs must be in [0, 20], got {sp.logprobs}", "top_logprobs")
+    if sp.prompt_logprobs is not None and not 0 <= sp.prompt_logprobs <= 20:
+        raise InvalidRequest(f"prompt logprobs must be in [0, 20], got {sp.prompt_logprobs}", "logprobs")
     for name in ("presence_penalty", "frequency_penalty"):
         if not -2.0 <= getattr(sp, name) <= 2.0:
             raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(sp, name)}", name)

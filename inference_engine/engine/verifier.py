@@ -85,13 +85,17 @@ class Verifier:
         return self.forward_batch([cache], [list(tokens)], [num_logits])[0]
 
     def verify(self, batch: Sequence[Request], drafts: Sequence[Draft]) -> list[torch.Tensor]:
-        """Per request, logits [k+1, V] at positions [last, d1..dk]."""
+        """Per request, logits [k+1, V] at positions [last, d1..dk] (a prefill scoring its prompt:
+        [L+k, V], every position)."""
         inputs = []
         for req, draft in zip(batch, drafts):
             if req.cache is None:
                 req.cache = self.new_cache()
             inputs.append(req.token_ids[req.cache.length :] + draft.tokens)
         out: list = [None] * len(batch)
+        # a request scoring its prompt keeps every row of its (uncached, see core) prefill
+        keep = [len(x) if req.sampling.prompt_logprobs is not None and req.cache.length == 0 else len(d.tokens) + 1
+                for req, x, d in zip(batch, inputs, drafts)]
         decode = [i for i, req in enumerate(batch) if req.cache.length and len(inputs[i]) == len(drafts[i].tokens) + 1]
         for start in range(0, len(decode) if len(decode) > 1 else 0, self.max_batch):
             rows = decode[start : start + self.max_batch]
@@ -101,7 +105,7 @@ class Verifier:
                 out[i] = lg
         for i, req in enumerate(batch):
             if out[i] is None:
-                out[i] = self.forward(req.cache, inputs[i], len(drafts[i].tokens) + 1)
+                out[i] = self.forward(req.cache, inputs[i], keep[i])
         return out
 
     @torch.inference_mode()

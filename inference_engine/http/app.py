@@ -119,15 +119,15 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = apply_chat_template(engine.tokenizer, messages, tools=body.tools if native else None,
                                      enable_thinking=thinking)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _complete(state, engine, body, prompt, max_tokens, request, tenant, chat=True)
+        return await _complete(state, engine, body, [prompt], max_tokens, request, tenant, chat=True)
 
     @app.post("/v1/completions", responses=RESPONSES["completions"])
     async def completions(body: CompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        tok = engine.tokenizer
-        prompt = list(body.prompt) if isinstance(body.prompt, list) else tok(body.prompt, add_special_tokens=False)["input_ids"]
-        return await _complete(state, engine, body, prompt, body.max_tokens, request, tenant, chat=False)
+        prompts = [p if isinstance(p, list) else engine.tokenizer(p, add_special_tokens=False)["input_ids"]
+                   for p in body.prompts]
+        return await _complete(state, engine, body, prompts, body.max_tokens, request, tenant, chat=False)
 
     @app.post("/v1/sessions", responses=RESPONSES["session"])
     async def create_session(tenant: str = Depends(auth)):
@@ -146,11 +146,11 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
-def _session(body, request: Request) -> Optional[str]:
+def _session(body, request: Request, choices: int) -> Optional[str]:
     """The session named by the body's `session_id` or the `X-Session-Id` header (created on first use)."""
     sid = body.session_id or screen.session_id(request.headers.get("x-session-id"), "X-Session-Id")
-    if sid is not None and body.n != 1:
-        raise InvalidRequest("a session continues one conversation: n must be 1 with session_id", "n")
+    if sid is not None and choices != 1:
+        raise InvalidRequest("a session continues one conversation: one prompt and n = 1 with session_id", "n")
     return sid
 
 
@@ -184,6 +184,8 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
         ignore_eos=body.ignore_eos, grammar=_grammar(body, engine),
+        # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response only)
+        prompt_logprobs=body.logprobs if getattr(body, "echo", False) and not body.stream else None,
     )
 
 
@@ -204,8 +206,10 @@ def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
                              default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
 
 
-async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[int], max_tokens, request: Request,
-                    tenant: str, chat: bool):
+async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list[list[int]], max_tokens,
+                    request: Request, tenant: str, chat: bool):
+    """Choices for each prompt (a batch on /v1/completions), `n` each, in OpenAI's order:
+    choice index = prompt index × n + j."""
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     t0 = time.perf_counter()
 
@@ -213,18 +217,19 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
         request.scope.setdefault("state", {})[COUNTED] = True
         firsts = [e.first_token_at for e in ends if e.first_token_at]
         reason = reason or (ends[0].finish_reason if ends else "error")
-        state.metrics.observe_request(endpoint, status, reason, len(prompt), sum(e.completion_tokens for e in ends),
+        state.metrics.observe_request(endpoint, status, reason, prompt_tokens, sum(e.completion_tokens for e in ends),
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
                                       [g for e in ends for g in e.token_gaps])
 
-    streams = await _admit(engine, body, prompt, max_tokens, request, tenant, chat)  # refusals: CountRefusals
+    prompt_tokens = sum(len(p) for p in prompts)
+    streams = await _admit(engine, body, prompts, max_tokens, request, tenant, chat)  # refusals: CountRefusals
     parse_tools = chat and bool(body.tools) and body.tool_choice != "none"
-    out = Completion(chat, engine.info.name, len(prompt), body.n, engine.tokenizer, parse_tools,
+    out = Completion(chat, engine.info.name, prompt_tokens, len(streams), engine.tokenizer, parse_tools,
                      body.num_logprobs is not None, body.return_token_ids)
     choices = [run_choice(s, engine.tokenizer, body.stop_list) for s in streams]
 
     if not body.stream:
-        echo = engine.tokenizer.decode(prompt) if not chat and body.echo else ""
+        echo = [engine.tokenizer.decode(p) if not chat and body.echo else "" for p in prompts for _ in range(body.n)]
         try:
             response, ends = await _unless_disconnected(request, out.collect(choices, echo))
         except _ClientGone:
@@ -257,23 +262,27 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompt: list[
     return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n")
 
 
-async def _admit(engine: AsyncEngine, body, prompt: list[int], max_tokens, request: Request, tenant: str,
+async def _admit(engine: AsyncEngine, body, prompts: list[list[int]], max_tokens, request: Request, tenant: str,
                  chat: bool) -> list[RequestStream]:
     """Validate every choice and admit it to the engine before any header is sent, so that a bad
     request is a 400, a busy session a 409 and a full queue a 429 — never a broken stream."""
-    if not prompt:
-        raise InvalidRequest("prompt is empty: at least one prompt token is required", "messages" if chat else "prompt")
-    if not chat and isinstance(body.prompt, str) and max_tokens is None:
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            where = "messages" if chat else "prompt" if len(prompts) == 1 else f"prompt.{i}"
+            raise InvalidRequest("prompt is empty: at least one prompt token is required", where)
+    if not chat and max_tokens is None and any(isinstance(p, str) for p in body.prompts):
         max_tokens = 16  # OpenAI's default for /v1/completions
-    params = [_sampling(body, len(prompt), max_tokens, engine, i) for i in range(body.n)]
+    slots = [prompt for prompt in prompts for _ in range(body.n)]  # OpenAI's choice order
+    jobs = [(prompt, _sampling(body, len(prompt), max_tokens, engine, i)) for i, prompt in enumerate(slots)]
     spec = _spec(body, engine)
-    if params[0].grammar is not None:  # compiled in a worker thread: the engine thread only copies it
-        await asyncio.to_thread(engine.core.grammars.prepare, params[0].grammar)
-    validate(prompt, params[0], spec, engine.limits)
-    session = _session(body, request)
+    if jobs[0][1].grammar is not None:  # compiled in a worker thread: the engine thread only copies it
+        await asyncio.to_thread(engine.core.grammars.prepare, jobs[0][1].grammar)
+    for prompt, params in jobs[:: body.n]:
+        validate(prompt, params, spec, engine.limits)
+    session = _session(body, request, len(jobs))
     streams: list[RequestStream] = []
     try:
-        for p in params:
+        for prompt, p in jobs:
             streams.append(await engine.add(prompt, p, spec, session_id=session, tenant=tenant, create_session=True))
     except BaseException:
         for s in streams:

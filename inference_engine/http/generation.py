@@ -26,6 +26,7 @@ class ChoiceEnd:
     token_gaps: list[float] = field(default_factory=list)  # seconds between consecutive tokens
     cached_tokens: int = 0  # prompt tokens whose KV was reused (session or prefix cache)
     token_ids: list[int] = field(default_factory=list)  # generated ids (a stop string may end mid-token)
+    prompt_logprobs: Optional[list] = None  # per prompt token (the first: None), when requested
 
 
 Piece = Union[Delta, ChoiceEnd]
@@ -42,7 +43,8 @@ async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> 
                 tail = matcher.push(detok.flush()) + matcher.flush()
                 if tail or pending:
                     yield Delta(tail, pending)
-                yield ChoiceEnd(item.finish_reason.value, len(ids), item.spec, first, gaps, item.usage.cached_tokens, ids)
+                yield ChoiceEnd(item.finish_reason.value, len(ids), item.spec, first, gaps, item.usage.cached_tokens, ids,
+                                item.prompt_logprobs)
                 return
             token, logprob = item
             ids.append(token)
@@ -62,7 +64,7 @@ async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> 
                 # the engine's own accounting (drafts, cached prompt tokens) of what it did until the stop
                 result = await stream.abort()
                 spec, cached = (result.spec, result.usage.cached_tokens) if result else (SpecStats(), 0)
-                yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids)
+                yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids, result.prompt_logprobs if result else None)
                 return
     finally:
         stream.cancel()  # at once, even if this task is being cancelled

@@ -80,9 +80,26 @@ class Completion:
         return {"tokens": tokens, "token_logprobs": [t.logprob for t in lps],
                 "top_logprobs": [{self._token(a): b for a, b in t.top} for t in lps], "text_offset": offsets}
 
+    def _with_prompt(self, prompt: list, generated: dict) -> dict:
+        """Completions' echo + logprobs: the prompt tokens' entries first (the first token's
+        logprob and alternatives are null, as OpenAI and vLLM report them), offsets from 0."""
+        tokens, offsets, at = [], [], 0
+        for t in prompt:
+            tokens.append(self._token(t.token_id))
+            offsets.append(at)
+            at += len(tokens[-1])
+        return {"tokens": tokens + generated["tokens"],
+                "token_logprobs": [t.logprob for t in prompt] + generated["token_logprobs"],
+                "top_logprobs": [None if t.top is None else {self._token(a): b for a, b in t.top} for t in prompt]
+                + generated["top_logprobs"],
+                "text_offset": offsets + [at + o for o in generated["text_offset"]]}
+
     # -- whole response -----------------------------------------------------------
 
-    async def collect(self, streams: list[AsyncIterator[Piece]], echo: str = "") -> tuple[dict, list[ChoiceEnd]]:
+    async def collect(self, streams: list[AsyncIterator[Piece]], echo: Optional[list[str]] = None
+                      ) -> tuple[dict, list[ChoiceEnd]]:
+        """The whole response; echo[i]: text put before choice i's (completions' `echo`)."""
+        echo = echo or [""] * self.n
         texts, lps = [""] * self.n, [[] for _ in range(self.n)]
         ends: list[Optional[ChoiceEnd]] = [None] * self.n
         async for i, piece in merge_choices(streams):
@@ -92,7 +109,7 @@ class Completion:
                 texts[i] += piece.text
                 lps[i].extend(piece.logprobs)
         done = [e for e in ends if e is not None]
-        choices = [self._choice(i, texts[i], lps[i], ends[i], echo) for i in range(self.n)]
+        choices = [self._choice(i, texts[i], lps[i], ends[i], echo[i]) for i in range(self.n)]
         if self.return_token_ids:
             for c, e in zip(choices, ends):
                 c["token_ids"] = e.token_ids
@@ -104,7 +121,10 @@ class Completion:
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], end: ChoiceEnd, echo: str) -> dict:
         finish = end.finish_reason
         if not self.chat:
-            return {"index": i, "text": echo + text, "logprobs": self.logprobs(i, lps), "finish_reason": finish}
+            logprobs = self.logprobs(i, lps)
+            if echo and logprobs is not None and end.prompt_logprobs is not None:
+                logprobs = self._with_prompt(end.prompt_logprobs, logprobs)
+            return {"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": finish}
         parser = self.parsers[i]
         p = _join(parser.push(text), parser.flush())
         message: dict = {"role": "assistant", "content": p.content if (p.content or not p.tool_calls) else None,

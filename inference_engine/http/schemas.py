@@ -273,10 +273,18 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     # minLength/minItems only document it (each applies to its own type); the route refuses an
     # empty prompt with its own message.
-    prompt: Union[str, list[int]] = Field(json_schema_extra={"minLength": 1, "minItems": 1})
+    prompt: Union[str, list[int], list[str], list[list[int]]] = Field(json_schema_extra={"minLength": 1, "minItems": 1})
     echo: bool = False
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
     @property
     def num_logprobs(self) -> Optional[int]:
         return self.logprobs
+
+    @property
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """One prompt (a string or token ids) or a batch of them, as a list."""
+        p = self.prompt
+        if isinstance(p, str) or not p or isinstance(p[0], int):
+            return [p]
+        return list(p)
