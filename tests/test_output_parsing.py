@@ -102,7 +102,31 @@ def test_chat_response_shapes(qwen3_tokenizer, stream):
     assert deltas[0] == {"role": "assistant", "content": ""}
     reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
     calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
-    assert reasoning.strip().startswith("The user wants") and calls[0]["index"] == 0
-    assert json.loads(calls[0]["function"]["arguments"])["city"] == "Paris"
+    assert reasoning.strip().startswith("The user wants") and {c["index"] for c in calls} == {0}
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    arguments = "".join(c["function"]["arguments"] for c in calls)  # streamed in pieces
+    assert len(calls) > 2 and json.loads(arguments)["city"] == "Paris"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+def test_streamed_tool_call_arguments_in_pieces(step):
+    """However the text is cut, the pieces join to the arguments exactly: the call's own closing
+    brace, the space before </tool_call> and a partial tag are never sent; a call whose JSON
+    does not put its name first still arrives, whole, at its close."""
+    text = ('Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par is}", "n": {"k": 3}}}\n</tool_call>\n'
+            '<tool_call>\n{"arguments": {}, "name": "x"}\n</tool_call>')
+    parser, calls, content = OutputParser(True, stream_args=True), {}, ""
+    for i in range(0, len(text), step):
+        out = parser.push(text[i:i + step])
+        content += out.content
+        for c in out.tool_calls or []:
+            d = calls.setdefault(c["index"], {"name": "", "arguments": "", "pieces": 0})
+            d["name"] += c["function"].get("name", "")
+            d["arguments"] += c["function"]["arguments"]
+            d["pieces"] += 1
+    content += parser.flush().content
+    assert calls[0]["name"] == "get_weather" and calls[0]["arguments"] == '{"city": "Par is}", "n": {"k": 3}}'
+    assert calls[1]["name"] == "x" and calls[1]["arguments"] == "{}" and calls[1]["pieces"] == 1
+    assert content.strip() == "Sure." and (step > 40 or calls[0]["pieces"] > 2)

@@ -7,12 +7,15 @@ tag is held back until it is clearly not one (the same rule as stop strings).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Optional
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+# a call's JSON up to its arguments, name first (the convention's order): what streaming needs
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 
 
 @dataclass(slots=True)
@@ -41,8 +44,12 @@ def tool_call(body: str, index: int) -> dict:
 
 
 class OutputParser:
-    def __init__(self, tools: bool):
-        self.tools = tools
+    def __init__(self, tools: bool, stream_args: bool = False):
+        """stream_args: a call's arguments come out in pieces as they are generated (streaming:
+        a first delta with id, type and name, then `function.arguments` fragments), not whole."""
+        self.tools, self.stream_args = tools, stream_args
+        self.call_id: Optional[str] = None  # the call being streamed, once its name is known
+        self.args_from = self.args_sent = 0  # where its arguments start in buf, and how far they went out
         self.mode = "content"  # content | reasoning | tool
         self.buf = ""
         self.num_calls = 0
@@ -77,16 +84,49 @@ class OutputParser:
                     keep = _partial_suffix(self.buf, [close])
                     out.reasoning += self.buf[: len(self.buf) - keep]
                     self.buf = self.buf[len(self.buf) - keep:]
+                elif self.stream_args:
+                    self._stream_call(out, self.buf, final=False)
                 return out
             if self.mode == "reasoning":
                 out.reasoning += self.buf[:i]
                 self.buf = self.buf[i + len(close):]
                 self.after_think = True
             else:
-                out.tool_calls = (out.tool_calls or []) + [tool_call(self.buf[:i], self.num_calls)]
+                if self.stream_args and self._stream_call(out, self.buf[:i], final=True):
+                    pass
+                else:
+                    out.tool_calls = (out.tool_calls or []) + [tool_call(self.buf[:i], self.num_calls)]
                 self.num_calls += 1
+                self.call_id, self.args_from, self.args_sent = None, 0, 0
                 self.buf = self.buf[i + len(close):]
             self.mode = "content"
+
+    def _stream_call(self, out: Parsed, body: str, final: bool) -> bool:
+        """Emit what is new of the call in `body` (the text after <tool_call>): its head once the
+        name is known, then argument text, holding back what may be the object's closing brace.
+        False when the call is not in name-then-arguments form (it then goes out whole at close)."""
+        if self.call_id is None:
+            head = _HEAD.match(body)
+            if head is None:
+                return False
+            self.call_id, self.args_from = f"call_{uuid.uuid4().hex[:24]}", head.end()
+            out.tool_calls = (out.tool_calls or []) + [{
+                "index": self.num_calls, "id": self.call_id, "type": "function",
+                "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": ""}}]
+        args = body[self.args_from:].lstrip()
+        if not final:  # what may be the start of </tool_call> is not sent yet
+            args = args[: len(args) - _partial_suffix(args, [TOOL_CLOSE])]
+        # trailing space and the last closing brace (perhaps the call's own) wait for what follows;
+        # at the end, that brace is the call's and is dropped
+        args = args.rstrip()
+        args = args[:-1] if args.endswith("}") else args
+        if final:
+            args = args.rstrip()
+        if len(args) > self.args_sent:
+            out.tool_calls = (out.tool_calls or []) + [{"index": self.num_calls,
+                                                        "function": {"arguments": args[self.args_sent:]}}]
+            self.args_sent = len(args)
+        return True
 
     def _content(self, out: Parsed, text: str) -> None:
         if self.after_think:

@@ -152,6 +152,8 @@ class Completion:
         ends: list[ChoiceEnd] = []
         called_tools = [False] * self.n
         self.include_usage = include_usage
+        for parser in self.parsers or ():
+            parser.stream_args = True  # tool-call arguments go out in pieces as they are generated
         if self.chat:
             for i in range(self.n):
                 yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
