@@ -148,16 +148,18 @@ class NamedToolChoice(_Lenient):
 
 
 class JsonSchemaFormat(_Lenient):
-    name: str = Field(pattern=FUNCTION_NAME)
+    name: str = Field(default="response", pattern=FUNCTION_NAME)  # OpenAI requires it; llama.cpp does not
     description: Optional[str] = None
     schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
     strict: Optional[bool] = None
 
 
 class ResponseFormat(_Lenient):
-    """`text`, `json_object` or `json_schema` (its `json_schema.name` and `schema`)."""
+    """`text`, `json_object` or `json_schema` (its `json_schema.name` and `schema`); `json_object`
+    may carry a `schema` (llama.cpp's extension)."""
     type: Literal["text", "json_object", "json_schema"]
     json_schema: Optional[JsonSchemaFormat] = None
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
 
     @model_validator(mode="after")
     def _schema_given(self) -> "ResponseFormat":
@@ -170,7 +172,10 @@ class ResponseFormat(_Lenient):
         whitespace between tokens): a model that may pad with whitespace sometimes never stops."""
         if self.type == "text":
             return None
-        schema = {"type": "object"} if self.type == "json_object" else (self.json_schema.schema_ or {})
+        if self.type == "json_object":
+            schema = self.schema_ if self.schema_ is not None else {"type": "object"}
+        else:
+            schema = self.json_schema.schema_ or {}
         return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
 
 
