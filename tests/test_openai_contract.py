@@ -162,3 +162,11 @@ def test_completions_echo_logprobs_score_the_prompt(live, tiny_loaded):
     assert more["logprobs"]["token_logprobs"][1:len(ids)] == pytest.approx(expected, abs=1e-4)
     no_echo = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": ids, "max_tokens": 0, "logprobs": 1})
     assert no_echo.status_code == 400 and no_echo.json()["error"]["param"] == "max_tokens"
+
+
+def test_echo_logprobs_of_a_one_token_prompt(live):
+    r = httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": [791], "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0})
+    lp = r.json()["choices"][0]["logprobs"]
+    assert r.status_code == 200 and len(lp["tokens"]) == 2 and lp["token_logprobs"][0] is None
+    assert lp["token_logprobs"][1] <= 0.0

@@ -236,13 +236,13 @@ class EngineCore:
     def score_prompt(self, req: Request, draft: Draft, logits: torch.Tensor) -> torch.Tensor:
         """A prefill that kept every row (prompt logprobs): rows 0..L-2 score prompt tokens 1..L-1;
         the last k+1 rows go on as usual."""
-        k1 = len(draft.tokens) + 1
-        if logits.shape[0] == k1:
+        if req.sampling.prompt_logprobs is None or req.prompt_logprobs:
             return logits
         scored = req.prompt_ids[1:]
         first = TokenLogprob(req.prompt_ids[0], None, None)  # nothing precedes it: unscored
-        req.prompt_logprobs = [first, *_logprobs(logits[: len(scored)], scored, req.sampling.prompt_logprobs)]
-        return logits[-k1:]
+        rest = _logprobs(logits[: len(scored)], scored, req.sampling.prompt_logprobs) if scored else []
+        req.prompt_logprobs = [first, *rest]
+        return logits[len(scored):]
 
     def accept(self, req: Request, draft: Draft, logits: torch.Tensor) -> Acceptance:
         logits = adjust_logits(logits, req.output_ids, draft.tokens, req.sampling)
