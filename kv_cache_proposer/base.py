@@ -27,9 +27,10 @@ class RequestView(Protocol):
 class Draft:
     tokens: list[int]
     probs: Optional[torch.Tensor] = None  # [len(tokens), V] draft distribution; None = point mass
+    forced: bool = False  # a grammar's forced tokens (its tokenization of fixed text), not a proposer's guess
 
     def truncate(self, k: int) -> "Draft":
-        return Draft(self.tokens[:k], None if self.probs is None else self.probs[:k])
+        return Draft(self.tokens[:k], None if self.probs is None else self.probs[:k], self.forced)
 
 
 EMPTY = Draft([])

@@ -56,6 +56,15 @@ def test_greedy_speculation_under_a_grammar_equals_plain(tiny_loaded):
     assert 0 < accepted < drafted  # drafts were both accepted and rejected
 
 
+def test_forced_tokens_are_free_drafts(tiny_loaded):
+    """With nothing from the proposer (no n-gram repeats in this prompt), the grammar's forced
+    tokens — `{"name":"` and the like — are drafted, and the output still equals plain's."""
+    plain = _run(tiny_loaded, "none", 0)
+    out = _run(tiny_loaded, "ngram", 8)
+    assert out.token_ids == plain.token_ids
+    assert out.spec.draft_tokens >= 3 and out.spec.accepted_tokens >= 3 and out.spec.verify_steps < plain.spec.verify_steps
+
+
 @pytest.mark.parametrize("method, k", METHODS)
 def test_sampled_output_matches_the_schema(tiny_loaded, method, k):
     for seed in range(3):

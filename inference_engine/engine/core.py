@@ -225,12 +225,17 @@ class EngineCore:
 
     def _constrain(self, req: Request, draft: Draft, proposer: Proposer) -> Draft:
         """Cut a draft to what the request's grammar allows (the rest would be rejected anyway);
-        the proposer forgets the cut tokens as it does rejected ones."""
-        if req.grammar is None or not draft.tokens:
+        the proposer forgets the cut tokens as it does rejected ones. Where nothing is left, the
+        tokens the grammar forces (the fixed parts of a JSON object) are a free draft."""
+        if req.grammar is None:
             return draft
         n = req.grammar.valid_prefix(draft.tokens)
         if n < len(draft.tokens):
             proposer.rewind(req.request_id, len(draft.tokens) - n)
+        if n == 0 and (cap := self._draft_cap(req)):
+            forced = req.grammar.forced()[:cap]
+            if forced:
+                return Draft(forced, forced=True)
         return draft.truncate(n)
 
     def score_prompt(self, req: Request, draft: Draft, logits: torch.Tensor) -> torch.Tensor:
@@ -270,7 +275,7 @@ class EngineCore:
             req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
             if rejected:
                 self.proposer_for(req).rewind(req.request_id, rejected)
-            if req.spec.method == "auto" and out.num_drafted:
+            if req.spec.method == "auto" and out.num_drafted and not draft.forced:  # forced: no news of the proposer
                 self.controller.observe(req.request_id, out.num_drafted, out.num_accepted)
             shadow = self._shadow.pop(req.request_id, None)
             if shadow is not None:
