@@ -170,3 +170,17 @@ def test_echo_logprobs_of_a_one_token_prompt(live):
     lp = r.json()["choices"][0]["logprobs"]
     assert r.status_code == 200 and len(lp["tokens"]) == 2 and lp["token_logprobs"][0] is None
     assert lp["token_logprobs"][1] <= 0.0
+
+
+def test_streamed_echo(live):
+    """echo while streaming: each choice's prompt text comes first, then its tokens; joined, the
+    stream equals the whole response."""
+    body = {"prompt": ["The sky is", "One two"], "max_tokens": 4, "echo": True, "temperature": 0}
+    whole = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()
+    r = httpx.post(live.url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+    texts = ["", ""]
+    for e in r.text.split("\n\n"):
+        if e.startswith("data: {"):
+            for c in json.loads(e[6:])["choices"]:
+                texts[c["index"]] += c["text"]
+    assert texts == [c["text"] for c in whole["choices"]] and texts[1].startswith("One two")

@@ -228,8 +228,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
                      body.num_logprobs is not None, body.return_token_ids)
     choices = [run_choice(s, engine.tokenizer, body.stop_list) for s in streams]
 
+    echo = [engine.tokenizer.decode(p) if not chat and body.echo else "" for p in prompts for _ in range(body.n)]
     if not body.stream:
-        echo = [engine.tokenizer.decode(p) if not chat and body.echo else "" for p in prompts for _ in range(body.n)]
         try:
             response, ends = await _unless_disconnected(request, out.collect(choices, echo))
         except _ClientGone:
@@ -248,7 +248,7 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
 
     async def events():
         try:
-            async for event in out.stream(choices, include_usage, record):
+            async for event in out.stream(choices, include_usage, record, echo):
                 yield event
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             record([], 200, "abort")

@@ -148,7 +148,8 @@ class Completion:
         return {"data": json.dumps(out, ensure_ascii=False)}
 
     async def stream(self, streams: list[AsyncIterator[Piece]], include_usage: bool,
-                     on_done: Callable[[list[ChoiceEnd]], None]) -> AsyncIterator[dict]:
+                     on_done: Callable[[list[ChoiceEnd]], None], echo: Optional[list[str]] = None) -> AsyncIterator[dict]:
+        """SSE events; echo[i]: completions' prompt text, sent as choice i's first chunk."""
         ends: list[ChoiceEnd] = []
         called_tools = [False] * self.n
         self.include_usage = include_usage
@@ -158,6 +159,9 @@ class Completion:
             for i in range(self.n):
                 yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                    "finish_reason": None}])
+        for i, text in enumerate(echo or ()):
+            if text:
+                yield self.chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
         async for i, piece in merge_choices(streams):
             if isinstance(piece, Delta):
                 for c in self._delta_choices(i, piece, called_tools):
