@@ -1,14 +1,17 @@
-"""Conformance, adapted from llama.cpp's server suite (tools/server/tests/unit/test_chat_completion.py
-and test_security.py): the checks that do not depend on llama.cpp's model or its private
+"""Conformance, adapted from llama.cpp's server suite (tools/server/tests/unit/test_chat_completion.py,
+test_completion.py and test_security.py): the checks that do not depend on llama.cpp's model or its private
 endpoints, rewritten against `kakeya serve`'s app on the tiny Qwen3 (real uvicorn, the official
 openai client). Each test names the llama.cpp test it adapts.
 
 Dropped or changed, deliberately (docs/api.md, "Conformance"):
 - exact texts, prompt-token counts and regexes of llama.cpp's tinyllama/codellama presets: our
   checks compute the expected counts from our own tokenizer instead;
-- `/apply-template`, `/tokenize`, `__verbose`, `timings_per_token`, `return_progress`, `grammar`
-  (GBNF) and top-level `json_schema`, `X-Api-Key`, static web-UI assets, local media files:
-  llama.cpp's own endpoints and extensions, not OpenAI's;
+- `/apply-template`, `/tokenize`, `/slots`, `__verbose`, `timings_per_token`, `return_progress`,
+  `grammar` (GBNF) and top-level `json_schema`, `X-Api-Key`, static web-UI assets, local media
+  files, and llama.cpp's native `/completion` fields (`n_predict`, `n_probs`, `post_sampling_probs`,
+  `response_fields`, `generation_settings`, a prompt mixing strings and token ids in one sequence):
+  llama.cpp's own endpoints and extensions, not OpenAI's — their OpenAI-route counterparts
+  (`max_tokens`, `logprobs`, batch prompts) are checked instead;
 - the first streamed delta: llama.cpp sends `content: null` with the role, we send `""` as
   OpenAI does; the context error: llama.cpp's `exceed_context_size_error` type is OpenAI's
   `invalid_request_error` with code `context_length_exceeded` here;
@@ -180,3 +183,74 @@ def test_cors_options(live, header, value):  # test_cors_options (for an allowed
         "Origin": "web.mydomain.fr", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Authorization"})
     assert r.status_code == 200 and r.headers[header] == value
     assert "POST" in r.headers["access-control-allow-methods"]
+
+
+# -- test_completion.py, on /v1/completions ------------------------------------------------------
+
+LIFE = "I believe the meaning of life is"
+
+
+def test_completion_stream_vs_non_stream(live):  # test_completion_stream_vs_non_stream
+    whole = _post(live, "/v1/completions", prompt=LIFE, max_tokens=8, temperature=0).json()["choices"][0]["text"]
+    r = _post(live, "/v1/completions", prompt=LIFE, max_tokens=8, temperature=0, stream=True)
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in r.text.split("\n\n") if e.startswith("data: {")) == whole
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_with_openai_library(live, stream):  # test_completion(_stream)_with_openai_library
+    r = openai_client(live).completions.create(model=openai.NOT_GIVEN, prompt=LIFE, max_tokens=8, stream=stream,
+                                               extra_body={"ignore_eos": True})
+    if stream:
+        chunks = list(r)
+        assert "".join(c.choices[0].text for c in chunks if c.choices[0].finish_reason is None)
+        assert chunks[-1].choices[0].finish_reason == "length"
+    else:
+        assert r.system_fingerprint and r.choices[0].finish_reason == "length" and r.choices[0].text is not None
+
+
+def test_consistent_result_same_seed(live):  # test_consistent_result_same_seed
+    texts = {_post(live, "/v1/completions", prompt=LIFE, seed=42, temperature=0.0, max_tokens=12).json()["choices"][0]["text"]
+             for _ in range(4)}
+    assert len(texts) == 1
+
+
+def test_different_result_different_seed(live):  # test_different_result_different_seed
+    texts = [_post(live, "/v1/completions", prompt=LIFE, seed=seed, temperature=1.0, max_tokens=12).json()["choices"][0]["text"]
+             for seed in range(4)]
+    assert len(set(texts)) == 4
+
+
+def test_completion_with_tokens_input(live, tiny_loaded):  # test_completion_with_tokens_input
+    tokens = tiny_loaded.tokenizer(LIFE, add_special_tokens=False)["input_ids"]
+    one = _post(live, "/v1/completions", prompt=tokens, max_tokens=6, temperature=0).json()["choices"]
+    two = _post(live, "/v1/completions", prompt=[tokens, tokens], max_tokens=6, temperature=0).json()["choices"]
+    mixed = _post(live, "/v1/completions", prompt=[LIFE, LIFE], max_tokens=6, temperature=0).json()["choices"]
+    assert one[0]["text"] == two[0]["text"] == two[1]["text"] == mixed[0]["text"] == mixed[1]["text"]
+
+
+def test_completion_parallel_requests(live):  # test_completion_parallel_slots
+    import concurrent.futures
+
+    prompts = ["Write a very long book.", "Write another a poem.", "What is LLM?", "The sky is blue and I love it."]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: _post(live, "/v1/completions", prompt=p, seed=42, temperature=1.0,
+                                                max_tokens=12, ignore_eos=True), prompts))
+    assert all(r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 12 for r in results)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_probs(live, stream):  # test_n_probs, test_n_probs_stream (as OpenAI's `logprobs`)
+    r = _post(live, "/v1/completions", prompt=LIFE, logprobs=10, temperature=0.0, max_tokens=5, ignore_eos=True,
+              stream=stream)
+    items = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")] if stream else [r.json()]
+    lps = [c["logprobs"] for item in items for c in item["choices"] if c["logprobs"]]
+    tokens = [t for lp in lps for t in lp["tokens"]]
+    logprobs = [x for lp in lps for x in lp["token_logprobs"]]
+    tops = [t for lp in lps for t in lp["top_logprobs"]]
+    assert len(tokens) == len(logprobs) == len(tops) == 5
+    assert all(x <= 0.0 for x in logprobs) and all(len(t) == 10 and max(t.values()) <= 0.0 for t in tops)
+
+
+def test_nocache_long_input_prompt(live):  # test_nocache_long_input_prompt
+    r = _post(live, "/v1/completions", prompt=LIFE * 200, max_tokens=4)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
