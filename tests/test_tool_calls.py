@@ -15,7 +15,7 @@ from inference_engine.tokenizer import apply_chat_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
            "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
-                          "properties": {"city": {"type": "string", "maxLength": 16}}}}}
+                          "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 16}}}}}
 TIME = {"type": "function", "function": {"name": "get_time", "description": "Current time",
         "parameters": {"type": "object", "additionalProperties": False, "required": ["utc_offset"],
                        "properties": {"utc_offset": {"type": "integer", "minimum": -12, "maximum": 14}}}}}
@@ -84,4 +84,4 @@ def test_default_model_calls_the_named_function(smol_loaded):
             model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=64, temperature=0,
             tool_choice={"type": "function", "function": {"name": "get_weather"}})
         args = _check_call(r.choices[0].message.tool_calls[0], "get_weather")
-        assert r.choices[0].finish_reason == "tool_calls" and args["city"].strip()
+        assert r.choices[0].finish_reason == "tool_calls" and 1 <= len(args["city"]) <= 16
