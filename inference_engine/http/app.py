@@ -18,10 +18,9 @@ from ..errors import EngineDead, InvalidRequest, ModelNotFound, ShuttingDown
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
 from ..types import SamplingParams, SpeculativeParams
-from . import errors
+from . import errors, openapi, screen, tools
 from .generation import ChoiceEnd, run_choice
 from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
-from . import openapi, screen, tools
 from .openapi import RESPONSES
 from .responses import Completion, spec_dict
 from .schemas import ChatCompletionRequest, CompletionRequest
