@@ -55,6 +55,21 @@ def test_two_tool_calls_and_text(qwen3_tokenizer):
     assert json.loads(calls[1]["function"]["arguments"])["city"] == "Oslo"
 
 
+def test_close_tag_inside_a_json_string_is_text(qwen3_tokenizer):
+    """A call's string argument may contain the close tag's text (SmolLM2 wrote one, since that tag
+    is plain text in its vocabulary): the call ends at the tag outside the JSON strings."""
+    text = '<tool_call>\n{"name": "note", "arguments": {"text": "a \\"</tool_call>\\" b"}}\n</tool_call>\nDone.'
+    content, _, calls = _parse(qwen3_tokenizer, text, tools=True)
+    assert json.loads(calls[0]["function"]["arguments"]) == {"text": 'a "</tool_call>" b'}
+    assert len(calls) == 1 and content == "Done."
+
+
+def test_blank_lines_around_calls_are_not_content(qwen3_tokenizer):
+    content, _, calls = _parse(qwen3_tokenizer, "\n" + CALL + "\n\n" + CALL + "\n", tools=True)
+    assert content == "" and len(calls) == 2  # the response's content is then null, as OpenAI's
+    assert _parse(qwen3_tokenizer, "\n\nHi.\n", tools=True)[0] == "\n\nHi.\n"  # blank lines in text stay
+
+
 def test_tools_off_leaves_tags_as_content(qwen3_tokenizer):
     content, _, calls = _parse(qwen3_tokenizer, CALL, tools=False)
     assert content == CALL and calls == []

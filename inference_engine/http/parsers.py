@@ -30,6 +30,15 @@ def _partial_suffix(buf: str, tags: list[str]) -> int:
     return max((n for t in tags for n in range(min(len(t) - 1, len(buf)), 0, -1) if t.startswith(buf[-n:])), default=0)
 
 
+def _close_tag(buf: str, close: str, json_body: bool) -> int:
+    """Where `close` ends the block in buf, or -1. In a tool call's JSON a close tag inside a string
+    (after an odd number of unescaped quotes) is the string's text, not the end of the call."""
+    i = buf.find(close)
+    while json_body and i >= 0 and len(re.findall(r'(?<!\\)(?:\\\\)*"', buf[:i])) % 2:
+        i = buf.find(close, i + 1)
+    return i
+
+
 def tool_call(body: str, index: int) -> dict:
     """One OpenAI tool call from the JSON inside <tool_call>…</tool_call>; malformed JSON is kept
     as a call whose arguments are the raw text, so nothing the model said is lost."""
@@ -55,6 +64,8 @@ class OutputParser:
         self.num_calls = 0
         self.started = False   # any content emitted yet: <think> only counts at the start
         self.after_think = False  # drop the blank lines Qwen3 puts between </think> and the answer
+        self.blank = ""  # whitespace-only content held back: dropped if a tool call follows (content null)
+        self.after_call = False
 
     def _open_tags(self) -> list[str]:
         tags = [THINK_OPEN] if not self.started else []
@@ -70,6 +81,8 @@ class OutputParser:
                 if hits:
                     i, tag = min(hits)
                     self._content(out, self.buf[:i])
+                    if tag == TOOL_OPEN:
+                        self.blank = ""  # the line breaks around calls are not content
                     self.buf = self.buf[i + len(tag):]
                     self.mode = "reasoning" if tag == THINK_OPEN else "tool"
                     continue
@@ -78,7 +91,7 @@ class OutputParser:
                 self.buf = self.buf[len(self.buf) - keep:]
                 return out
             close = THINK_CLOSE if self.mode == "reasoning" else TOOL_CLOSE
-            i = self.buf.find(close)
+            i = _close_tag(self.buf, close, self.mode == "tool")
             if i < 0:
                 if self.mode == "reasoning":  # reasoning streams as it comes; tool JSON waits for its close
                     keep = _partial_suffix(self.buf, [close])
@@ -99,6 +112,7 @@ class OutputParser:
                 self.num_calls += 1
                 self.call_id, self.args_from, self.args_sent = None, 0, 0
                 self.buf = self.buf[i + len(close):]
+                self.after_call = True
             self.mode = "content"
 
     def _stream_call(self, out: Parsed, body: str, final: bool) -> bool:
@@ -132,16 +146,24 @@ class OutputParser:
         if self.after_think:
             text = text.lstrip("\n")
             self.after_think = not text
-        out.content += text
+        if self.tools and not text.strip():
+            self.blank += text
+            return
+        if self.after_call:  # the line break after a call is the call's, not the start of content
+            self.blank, text, self.after_call = "", text.lstrip(), False
+        out.content += self.blank + text
+        self.blank = ""
         self.started = self.started or bool(text.strip())
 
     def flush(self) -> Parsed:
         """End of output: an unclosed block is returned as what it was (reasoning, or raw text)."""
         out, rest, self.buf = Parsed(), self.buf, ""
+        if not self.num_calls:
+            out.content, self.blank = self.blank, ""
         if self.mode == "reasoning":
             out.reasoning = rest
         elif self.mode == "tool":
-            out.content = TOOL_OPEN + rest
+            out.content += TOOL_OPEN + rest
         else:
-            out.content = rest
+            out.content += rest
         return out

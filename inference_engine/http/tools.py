@@ -79,7 +79,7 @@ def grammar(tokenizer, tools: Sequence[dict[str, Any]], choice: Any, parallel: b
         allowed = [t for t in tools if t["function"]["name"] == choice.function.name]
     call = {"anyOf": [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                        "properties": {"name": {"const": t["function"]["name"]},
-                                      "arguments": t["function"].get("parameters") or {"type": "object"}}}
+                                      "arguments": closed(t["function"].get("parameters") or {"type": "object"})}}
                       for t in allowed],
             # no free whitespace (a model free to pad may never stop), in json.dumps' own style
             "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
@@ -91,6 +91,32 @@ def grammar(tokenizer, tools: Sequence[dict[str, Any]], choice: Any, parallel: b
             f'call: {open_} "\\n" body "\\n" {close}\n'
             f"body: %json {json.dumps(call, ensure_ascii=False)}\n")
     return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMAS = ("items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
+               "contains", "propertyNames", "unevaluatedProperties", "unevaluatedItems")
+
+
+def closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on every object that lists its properties and
+    says nothing about others (as llama.cpp's and xgrammar's strict mode read tool schemas): a
+    model free to invent extra arguments may write one that never ends."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k in _SCHEMA_MAPS and isinstance(v, dict):  # name → schema
+            out[k] = {name: closed(sub) for name, sub in v.items()}
+        elif k in _SUBSCHEMAS:
+            out[k] = closed(v)
+        else:
+            out[k] = v
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
 
 
 def _tag(tokenizer, tag: str) -> str:
