@@ -45,6 +45,29 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="replay one-token decode steps as CUDA graphs (default: on when the device is CUDA)")
 
 
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", "8000")))
+    p.add_argument("--api-key", action="append", default=None,
+                   help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
+    p.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
+    p.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
+    p.add_argument("--allowed-origins", default=_env("ALLOWED_ORIGINS", ""),
+                   help="comma-separated browser origins allowed by CORS ('*' for any; default: none)")
+    p.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")),
+                   help="kakeya.v1 RuntimeService port on --host (0 disables gRPC)")
+    p.add_argument("--session-cache-bytes", type=int, default=int(_env("SESSION_CACHE_BYTES", str(1 << 30))),
+                   help="KV bytes kept for sessions and the prefix cache (LRU beyond)")
+    p.add_argument("--session-ttl", type=float, default=float(_env("SESSION_TTL", "3600")),
+                   help="seconds an idle session is kept")
+    p.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
+    p.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "30")),
+                   help="seconds in-flight requests may finish after SIGTERM/SIGINT before they are aborted")
+    p.add_argument("--share-cache-across-keys", action="store_true", default=_env("SHARE_CACHE_ACROSS_KEYS") == "1",
+                   help="one prefix cache and suffix index for all API keys (faster, but a side channel: "
+                            "one key can learn another's prompts from cached_tokens and speculation stats)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kakeya", description="Kakeya: local LLM inference with lossless speculative decoding")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,27 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     _model_args(gen)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "8000")))
-    serve.add_argument("--api-key", action="append", default=None,
-                       help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
-    serve.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
-    serve.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
-    serve.add_argument("--allowed-origins", default=_env("ALLOWED_ORIGINS", ""),
-                       help="comma-separated browser origins allowed by CORS ('*' for any; default: none)")
-    serve.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")),
-                       help="kakeya.v1 RuntimeService port on --host (0 disables gRPC)")
-    serve.add_argument("--session-cache-bytes", type=int, default=int(_env("SESSION_CACHE_BYTES", str(1 << 30))),
-                       help="KV bytes kept for sessions and the prefix cache (LRU beyond)")
-    serve.add_argument("--session-ttl", type=float, default=float(_env("SESSION_TTL", "3600")),
-                       help="seconds an idle session is kept")
-    serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
-    serve.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "30")),
-                       help="seconds in-flight requests may finish after SIGTERM/SIGINT before they are aborted")
-    serve.add_argument("--share-cache-across-keys", action="store_true", default=_env("SHARE_CACHE_ACROSS_KEYS") == "1",
-                       help="one prefix cache and suffix index for all API keys (faster, but a side channel: "
-                            "one key can learn another's prompts from cached_tokens and speculation stats)")
+    _server_args(serve)
     _model_args(serve)
+    cluster = sub.add_parser("cluster", help="the same HTTP API over N engine replicas on Ray Serve (docs/cluster.md)")
+    _server_args(cluster)
+    cluster.add_argument("--replicas", type=int, default=int(_env("REPLICAS", "2")))
+    cluster.add_argument("--ray-address", default=_env("RAY_ADDRESS"), help="join this Ray cluster (default: start one here)")
+    cluster.add_argument("--no-affinity", action="store_true",
+                         help="route least-loaded instead of by session id / prompt prefix")
+    cluster.add_argument("--threads-per-replica", type=int, default=1, help="torch threads of each replica")
+    _model_args(cluster)
     # its options are the suite's own (`kakeya bench --help`): main() hands them over untouched
     sub.add_parser("bench", help="run the benchmark suite (scripts/bench/suite.py) and regenerate docs/benchmarks.md",
                    add_help=False)
@@ -136,6 +148,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
     return asyncio.run(serve(server_config(args), lambda: AsyncEngine(build_llm(args))))
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .cluster import deploy
+
+    if args.grpc_port:
+        _say_stderr("kakeya cluster serves HTTP only; the gRPC edge stays with `kakeya serve`")
+    config = deploy.ClusterConfig(replicas=args.replicas, affinity=not args.no_affinity, ray_address=args.ray_address,
+                                  threads_per_replica=args.threads_per_replica)
+    deploy.start(model_config(args), engine_config(args), server_config(args), config)
+    _say_stderr(f"serving on http://{args.host}:{args.port} with {args.replicas} replicas")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    deploy.stop(config)
+    return 0
+
+
+def _say_stderr(message: str) -> None:
+    print(f"[kakeya] {message}", file=sys.stderr, flush=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -198,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "serve": cmd_serve}[args.command](args)
+        return {"generate": cmd_generate, "serve": cmd_serve, "cluster": cmd_cluster}[args.command](args)
     except EngineError as e:
         print(f"kakeya: error: {e.message}", file=sys.stderr)
         return 2

@@ -2,12 +2,18 @@
 per-request timings; names follow vLLM's with a `kakeya_` prefix (PromQL in docs/metrics.md)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from .types import StepStats
 
+# Observed by the HTTP edge per request; in a cluster the ingress's, never a replica's.
+INGRESS_FAMILIES = frozenset({"kakeya_requests", "kakeya_prompt_tokens", "kakeya_generation_tokens",
+                              "kakeya_time_to_first_token_seconds", "kakeya_inter_token_latency_seconds",
+                              "kakeya_e2e_request_latency_seconds"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -15,7 +21,8 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, running: Callable[[], int], waiting: Callable[[], int],
-                 sessions: Callable[[], int] = lambda: 0, cache_bytes: Callable[[], int] = lambda: 0):
+                 sessions: Callable[[], int] = lambda: 0, cache_bytes: Callable[[], int] = lambda: 0,
+                 replicas: Optional[Callable[[], tuple[dict[str, bytes], dict[str, int]]]] = None):
         self.registry = r = CollectorRegistry()  # one per app: no global state between servers/tests
         self.requests = Counter("kakeya_requests", "Finished HTTP requests", ["endpoint", "status", "finish_reason"], registry=r)
         self.prompt_tokens = Counter("kakeya_prompt_tokens", "Prompt tokens processed", registry=r)
@@ -23,6 +30,12 @@ class Metrics:
         self.ttft = Histogram("kakeya_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("kakeya_inter_token_latency_seconds", "Time between streamed tokens", buckets=LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("kakeya_e2e_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r)
+        if replicas is None:
+            self._engine_metrics(r, running, waiting, sessions, cache_bytes)
+        else:  # a cluster's ingress: the engine metrics are each replica's, labelled with its id
+            r.register(_ReplicaCollector(replicas))
+
+    def _engine_metrics(self, r: CollectorRegistry, running, waiting, sessions, cache_bytes) -> None:
         Gauge("kakeya_num_requests_running", "Requests decoding now", registry=r).set_function(running)
         Gauge("kakeya_num_requests_waiting", "Requests queued", registry=r).set_function(waiting)
         Gauge("kakeya_num_sessions", "Open client sessions", registry=r).set_function(sessions)
@@ -59,3 +72,27 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ReplicaCollector:
+    """The engine families of every live replica (from their last heartbeat, at most a second or
+    two old) with a `replica` label, and the session routing figures of the directory."""
+
+    def __init__(self, source: Callable[[], tuple[dict[str, bytes], dict[str, int]]]):
+        self.source = source
+
+    def collect(self):
+        texts, turns = self.source()
+        families: dict[str, Metric] = {}
+        for replica, text in sorted(texts.items()):
+            for fam in text_string_to_metric_families(text.decode()):
+                if fam.name in INGRESS_FAMILIES:  # request-level families are the ingress's own
+                    continue
+                out = families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
+                out.samples.extend(s._replace(labels={**s.labels, "replica": replica}) for s in fam.samples)
+        yield from families.values()
+        routed = CounterMetricFamily("kakeya_cluster_session_turns", "Session turns by where they landed: new, "
+                                     "owner (affinity hit) or handoff (restored on another replica)", labels=["outcome"])
+        for outcome, n in sorted(turns.items()):
+            routed.add_metric([outcome], n)
+        yield routed

@@ -58,6 +58,8 @@ ROB = "tests/test_robustness.py"
 ISO = "tests/test_isolation.py"
 ENG = "tests/test_engine_faults.py"
 ADAPT = "kv_cache_proposer/adaptive.py"
+DIRECTORY = "inference_engine/cluster/directory.py"
+DIR_TEST = "tests/test_session_directory.py"
 COST = "inference_engine/engine/cost_model.py"
 AD = "tests/test_adaptive.py"
 VW = "inference_engine/models/verify_weights.py"
@@ -279,6 +281,22 @@ MUTANTS: list[Mutant] = [
            "if g is None or g.keys is not cache.keys[0]:", "if g is None:", (GRAPH_TEST,)),
     Mutant("graph_position_not_updated", GRAPHS,
            "g.pos.fill_(start)", "g.pos.fill_(g.pos.item())", (GRAPH_TEST,)),
+    # -- the cluster's session directory: one owner, busy everywhere, stale releases ignored -----------
+    Mutant("busy_only_on_its_own_replica", DIRECTORY,
+           "if e.busy and (e.owner == replica or self.alive(e.owner)):", "if e.busy and e.owner == replica:",
+           (f"{DIR_TEST}::test_busy_on_a_live_replica_is_busy_everywhere",)),
+    Mutant("dead_owner_keeps_its_lease", DIRECTORY,
+           "return beat is not None and self.clock() - beat.at < self.lease_s", "return beat is not None",
+           (f"{DIR_TEST}::test_busy_on_a_live_replica_is_busy_everywhere",)),
+    Mutant("stale_release_recorded", DIRECTORY,
+           "if e is None or e.owner != replica or e.epoch != epoch:", "if e is None:",
+           (f"{DIR_TEST}::test_handoff_moves_ownership_and_brings_the_history",)),
+    Mutant("handoff_keeps_the_epoch", DIRECTORY,
+           "e.owner, e.epoch = replica, e.epoch + 1", "e.owner, e.epoch = replica, e.epoch",
+           (f"{DIR_TEST}::test_handoff_moves_ownership_and_brings_the_history",)),
+    Mutant("close_tag_in_a_json_string_ends_the_call", "inference_engine/http/parsers.py",
+           'i = _close_tag(self.buf, close, self.mode == "tool")', "i = self.buf.find(close)",
+           ("tests/test_output_parsing.py::test_close_tag_inside_a_json_string_is_text",)),
 ]
 
 

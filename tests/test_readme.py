@@ -1,5 +1,5 @@
 """The README's curl and openai examples, executed verbatim against a real server on the
-default model (only the port is changed to a free one)."""
+default model, and against `kakeya cluster` with 2 replicas (only the port is changed to a free one)."""
 from __future__ import annotations
 
 import json
@@ -21,15 +21,22 @@ CURLS = [code for lang, code in BLOCKS if lang == "bash" and code.lstrip().start
 PYTHON = [code for lang, code in BLOCKS if lang == "python" and "OpenAI(" in code]
 
 
-@pytest.fixture(scope="module")
-def server(smol_loaded):
+@pytest.fixture(scope="module", params=["serve", pytest.param("cluster", marks=pytest.mark.ray)])
+def server(request, smol_loaded):
+    if request.param == "cluster":  # the same examples, unchanged, through `kakeya cluster --replicas 2`
+        from inference_engine.config import ModelConfig
+        from ray_cluster import cluster_serving
+
+        with cluster_serving(ModelConfig(device="cpu", dtype="float32"), EngineConfig()) as running:
+            yield running
+        return
     engine = AsyncEngine(LLM(smol_loaded, EngineConfig()))
     with LiveServer(create_app(ServerState(ServerConfig(), engine))) as live:
         yield live
     engine.shutdown()
 
 
-def _here(code: str, live: LiveServer) -> str:
+def _here(code: str, live) -> str:
     return code.replace("127.0.0.1:8000", f"127.0.0.1:{live.port}")
 
 

@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import Callable, Optional, Sequence
 
-from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, StepFailed
+from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, SessionNotFound, StepFailed
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
 from .llm import LLM
 from .request_stream import RequestStream, SessionInfo, _Stream
@@ -84,6 +84,17 @@ class AsyncEngine:
     def cache_bytes(self) -> int:
         return self.core.sessions.total_bytes
 
+    async def health(self) -> dict:
+        """What /healthz adds. decode_path: eager | fast | compiling | compiled (`--compile` swaps its
+        graph in when ready) | graphs (CUDA graphs replay one-token steps)."""
+        return {"decode_path": self.core.verifier.path}
+
+    async def prepare_grammar(self, grammar: str) -> None:
+        """Compile a grammar in a worker thread (an invalid one raises InvalidRequest here), so that
+        the engine thread only copies it when the request is admitted."""
+        if self.core.grammars is not None:  # else admission says there is no tokenizer to compile with
+            await asyncio.to_thread(self.core.grammars.prepare, grammar)
+
     # -- engine thread ---------------------------------------------------------
 
     def _call(self, fn: Callable[[], object]) -> "concurrent.futures.Future":
@@ -96,6 +107,10 @@ class AsyncEngine:
             self._inbox.put((fn, fut))
         self._wake.set()
         return fut
+
+    def dead_error(self) -> EngineDead:
+        """Why this engine takes no more work (for an edge to raise)."""
+        return self._dead()
 
     def _dead(self) -> EngineDead:
         if self.error is None:
@@ -220,7 +235,7 @@ class AsyncEngine:
 
             fut.add_done_callback(undo)
             raise
-        return RequestStream(self, rid, stream.queue)
+        return RequestStream(self, rid, stream.queue, stream.request)
 
     def _abort_every(self) -> int:
         """Engine thread: end every queued and running request; their streams get finish 'abort'."""
@@ -258,15 +273,17 @@ class AsyncEngine:
         return SessionInfo(s.session_id, s.label, len(s.history), s.kv_length, s.kv_bytes, store.idle_seconds(s),
                            s.busy, stats)
 
-    async def create_session(self, eos_ids: Sequence[int] = (), label: str = "", tenant: str = "") -> SessionInfo:
-        """A new session with a server-generated (unguessable) id, owned by `tenant`."""
+    async def create_session(self, eos_ids: Sequence[int] = (), label: str = "", tenant: str = "",
+                             session_id: Optional[str] = None) -> SessionInfo:
+        """A new session owned by `tenant`, with a server-generated (unguessable) id unless the
+        server's cluster layer chose one."""
         def job() -> SessionInfo:
             if len(label) > MAX_LABEL_CHARS:
                 raise InvalidRequest(f"client_label is {len(label)} characters; at most {MAX_LABEL_CHARS}", "client_label")
             if len(eos_ids) > MAX_EOS_IDS:
                 raise InvalidRequest(f"{len(eos_ids)} eos_token_ids; at most {MAX_EOS_IDS}", "eos_token_ids")
             check_token_ids(eos_ids, self.core.vocab_size, "eos_token_ids")
-            return self._info(self.core.sessions.create(list(eos_ids), label, tenant=tenant).session_id, tenant)
+            return self._info(self.core.sessions.create(list(eos_ids), label, session_id, tenant).session_id, tenant)
 
         return await self._job(job)
 
@@ -288,3 +305,28 @@ class AsyncEngine:
 
     async def close_session(self, session_id: str, tenant: str = "") -> None:
         await self._job(lambda: self.core.sessions.close(session_id, tenant))
+
+    async def session_state(self, session_id: str, tenant: str = "") -> tuple[list[int], tuple[int, ...], str]:
+        """(history, eos ids, label): what another replica needs to continue the session."""
+        def job():
+            s = self.core.sessions.get(session_id, tenant)
+            return list(s.history), tuple(s.eos_ids), s.label
+
+        return await self._job(job)
+
+    async def adopt_session(self, session_id: str, history: Sequence[int], eos_ids: Sequence[int] = (),
+                            label: str = "", tenant: str = "") -> None:
+        """Take over a session another replica held: any stale copy here is dropped, the history is
+        restored without KV (the next turn prefills it)."""
+        def job() -> None:
+            store = self.core.sessions
+            try:
+                store.idle(session_id, "wait for it to finish or cancel it", tenant=tenant)  # SessionBusy
+                store.close(session_id, tenant)
+            except SessionNotFound:
+                pass
+            store.create(list(eos_ids), label, session_id, tenant)
+            if history:
+                store.append(session_id, list(history), tenant)
+
+        await self._job(job)

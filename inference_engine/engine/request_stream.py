@@ -47,8 +47,8 @@ class RequestStream:
     """One admitted request. Iterate it for (token, logprob) pairs, then its EngineResult.
     `cancel()` (sync) or `abort()` ends it early; both are idempotent and safe after it finished."""
 
-    def __init__(self, engine: "AsyncEngine", request_id: str, q: "asyncio.Queue[Item]"):
-        self.engine, self.request_id, self._queue = engine, request_id, q
+    def __init__(self, engine: "AsyncEngine", request_id: str, q: "asyncio.Queue[Item]", request: Optional[Request] = None):
+        self.engine, self.request_id, self._queue, self._request = engine, request_id, q, request
         self.result: Optional[EngineResult] = None
         self._ended = False
         self._abort: Optional[concurrent.futures.Future] = None
@@ -65,6 +65,28 @@ class RequestStream:
             if isinstance(item, EngineResult):
                 self._ended, self.result = True, item
             yield item
+
+    def pending(self) -> list[Item]:
+        """Items already queued (for a relay that forwards them in one message)."""
+        items: list[Item] = []
+        while not self._ended and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if isinstance(item, EngineResult):
+                self._ended, self.result = True, item
+            items.append(item)
+        return items
+
+    def progress(self) -> tuple[SpecStats, int]:
+        """The request's speculation counts so far and its cached prompt tokens (a copy, read off
+        the engine thread: counts may lag by one step)."""
+        stats = SpecStats()
+        if self._request is not None:
+            stats.add(self._request.stats)
+            return stats, self._request.cached_tokens
+        return stats, 0
 
     def cancel(self) -> None:
         """Queue the abort now, without waiting: the engine frees the request before its next step."""

@@ -42,9 +42,10 @@ class ServerState:
         if engine is not None:
             self.attach(engine)
 
-    def attach(self, engine: AsyncEngine) -> None:
-        self.metrics = Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
-                               lambda: engine.num_sessions, lambda: engine.cache_bytes)
+    def attach(self, engine: AsyncEngine, metrics: Optional[Metrics] = None) -> None:
+        """`metrics`: a cluster's ingress brings its own (the replicas' engine metrics merged in)."""
+        self.metrics = metrics or Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
+                                          lambda: engine.num_sessions, lambda: engine.cache_bytes)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
@@ -56,7 +57,7 @@ class ServerState:
         if self.engine is None:
             raise EngineDead("the model is still loading; retry shortly")
         if not self.engine.alive:
-            raise EngineDead(self.engine._dead().message)
+            raise self.engine.dead_error()
         return self.engine
 
 
@@ -85,9 +86,7 @@ def create_app(state: ServerState) -> FastAPI:
             engine = state.ready()
         except EngineDead as e:
             return errors.engine_error_response(e)
-        # decode_path: eager | fast | compiling | compiled (`--compile` swaps its graph in when ready)
-        # | graphs (CUDA graphs replay one-token steps)
-        return {"status": "ok", "model": engine.info.name, "decode_path": engine.core.verifier.path}
+        return {"status": "ok", "model": engine.info.name, **await engine.health()}
 
     @app.get("/metrics", response_class=Response, responses=RESPONSES["metrics"])
     async def metrics():
@@ -222,6 +221,9 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
 
     prompt_tokens = sum(len(p) for p in prompts)
     streams = await _admit(engine, body, prompts, max_tokens, request, tenant, chat)  # refusals: CountRefusals
+    # which replica served it, in a cluster (`kakeya cluster`): the owner of a session's KV
+    replicas = sorted({r for s in streams if (r := getattr(s, "replica", None))})
+    headers = {"x-kakeya-replica": ",".join(replicas)} if replicas else None
     parse_tools = chat and bool(body.tools) and body.tool_choice != "none"
     out = Completion(chat, engine.info.name, prompt_tokens, len(streams), engine.tokenizer, parse_tools,
                      body.num_logprobs is not None, body.return_token_ids)
@@ -241,7 +243,7 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
             record(ends, 503)
             raise ShuttingDown("the server shut down before the request finished; retry it")
         record(ends)
-        return JSONResponse(response)
+        return JSONResponse(response, headers=headers)
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -258,7 +260,7 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
         yield {"data": "[DONE]"}
 
     # LF LF between events: many hand-written clients split the stream on "\n\n"
-    return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n")
+    return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n", headers=headers)
 
 
 async def _admit(engine: AsyncEngine, body, prompts: list[list[int]], max_tokens, request: Request, tenant: str,
@@ -274,8 +276,8 @@ async def _admit(engine: AsyncEngine, body, prompts: list[list[int]], max_tokens
     slots = [prompt for prompt in prompts for _ in range(body.n)]  # OpenAI's choice order
     jobs = [(prompt, _sampling(body, len(prompt), max_tokens, engine, i)) for i, prompt in enumerate(slots)]
     spec = _spec(body, engine)
-    if jobs[0][1].grammar is not None:  # compiled in a worker thread: the engine thread only copies it
-        await asyncio.to_thread(engine.core.grammars.prepare, jobs[0][1].grammar)
+    if jobs[0][1].grammar is not None:
+        await engine.prepare_grammar(jobs[0][1].grammar)
     for prompt, params in jobs[:: body.n]:
         validate(prompt, params, spec, engine.limits)
     session = _session(body, request, len(jobs))

@@ -1,0 +1,1 @@
+"""Kakeya on Ray Serve: replicas with session affinity and handoff (`kakeya cluster`)."""
