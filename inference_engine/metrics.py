@@ -8,12 +8,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from .types import StepStats
+from .types import StepStats, Timings
 
 # Observed by the HTTP edge per request; in a cluster the ingress's, never a replica's.
 INGRESS_FAMILIES = frozenset({"kakeya_requests", "kakeya_prompt_tokens", "kakeya_generation_tokens",
                               "kakeya_time_to_first_token_seconds", "kakeya_inter_token_latency_seconds",
-                              "kakeya_e2e_request_latency_seconds"})
+                              "kakeya_e2e_request_latency_seconds", "kakeya_request_queue_time_seconds",
+                              "kakeya_request_prefill_time_seconds", "kakeya_request_decode_time_seconds",
+                              "kakeya_prefix_cache_queries", "kakeya_prefix_cache_hits"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -22,6 +24,7 @@ class Metrics:
 
     def __init__(self, running: Callable[[], int], waiting: Callable[[], int],
                  sessions: Callable[[], int] = lambda: 0, cache_bytes: Callable[[], int] = lambda: 0,
+                 cache_usage: Callable[[], float] = lambda: 0.0,
                  replicas: Optional[Callable[[], tuple[dict[str, bytes], dict[str, int]]]] = None):
         self.registry = r = CollectorRegistry()  # one per app: no global state between servers/tests
         self.requests = Counter("kakeya_requests", "Finished HTTP requests", ["endpoint", "status", "finish_reason"], registry=r)
@@ -30,16 +33,27 @@ class Metrics:
         self.ttft = Histogram("kakeya_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("kakeya_inter_token_latency_seconds", "Time between streamed tokens", buckets=LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("kakeya_e2e_request_latency_seconds", "End-to-end request latency", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("kakeya_request_queue_time_seconds", "Time a request waited for a running slot",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.prefill_time = Histogram("kakeya_request_prefill_time_seconds", "Scheduled to first token (prefill)",
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_time = Histogram("kakeya_request_decode_time_seconds", "First token to the last (decode)",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.prefix_queries = Counter("kakeya_prefix_cache_queries", "Prompt tokens looked up in the session / prefix cache",
+                                      registry=r)
+        self.prefix_hits = Counter("kakeya_prefix_cache_hits", "Prompt tokens found there (their KV reused)", registry=r)
         if replicas is None:
-            self._engine_metrics(r, running, waiting, sessions, cache_bytes)
+            self._engine_metrics(r, running, waiting, sessions, cache_bytes, cache_usage)
         else:  # a cluster's ingress: the engine metrics are each replica's, labelled with its id
             r.register(_ReplicaCollector(replicas))
 
-    def _engine_metrics(self, r: CollectorRegistry, running, waiting, sessions, cache_bytes) -> None:
+    def _engine_metrics(self, r: CollectorRegistry, running, waiting, sessions, cache_bytes, cache_usage) -> None:
         Gauge("kakeya_num_requests_running", "Requests decoding now", registry=r).set_function(running)
         Gauge("kakeya_num_requests_waiting", "Requests queued", registry=r).set_function(waiting)
         Gauge("kakeya_num_sessions", "Open client sessions", registry=r).set_function(sessions)
         Gauge("kakeya_session_cache_bytes", "KV bytes held by sessions and the prefix cache", registry=r).set_function(cache_bytes)
+        Gauge("kakeya_kv_cache_usage_perc", "Session / prefix cache bytes as a fraction of --session-cache-bytes (0-1)",
+              registry=r).set_function(cache_usage)
         self.forwards = Counter("kakeya_model_forwards", "Verifier model calls (decoding requests share one)", registry=r)
         self.drafts = Counter("kakeya_spec_decode_num_drafts", "Verify steps that carried drafts", registry=r)
         self.draft_tokens = Counter("kakeya_spec_decode_num_draft_tokens", "Draft tokens proposed", registry=r)
@@ -60,7 +74,9 @@ class Metrics:
             self.accepted_per_pos.labels(position=str(pos)).inc(n)
 
     def observe_request(self, endpoint: str, status: int, finish_reason: str, prompt: int, generated: int,
-                        ttft: float | None, e2e: float, token_gaps: Sequence[float] = ()) -> None:
+                        ttft: float | None, e2e: float, token_gaps: Sequence[float] = (),
+                        timings: Sequence[Timings] = (), prefix: tuple[int, int] = (0, 0)) -> None:
+        """`prefix`: (prompt tokens looked up, of them found cached) over the request's choices."""
         self.requests.labels(endpoint=endpoint, status=str(status), finish_reason=finish_reason).inc()
         self.prompt_tokens.inc(prompt)
         self.generation_tokens.inc(generated)
@@ -69,6 +85,12 @@ class Metrics:
         self.e2e.observe(e2e)
         for gap in token_gaps:
             self.itl.observe(gap)
+        for t in timings:
+            self.queue_time.observe(t.queue)
+            self.prefill_time.observe(t.prefill)
+            self.decode_time.observe(t.decode)
+        self.prefix_queries.inc(prefix[0])
+        self.prefix_hits.inc(prefix[1])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -115,6 +115,16 @@ class Usage:
 TokenCallback = Callable[[int], Optional[bool]]
 
 
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Where a request's time went on the engine (seconds): waiting for a slot, prefill until its
+    first token, decoding the rest (vLLM's queue / prefill / decode times)."""
+
+    queue: float
+    prefill: float
+    decode: float
+
+
 @dataclass(slots=True)
 class EngineResult:
     token_ids: list[int]
@@ -124,6 +134,7 @@ class EngineResult:
     spec: SpecStats
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None  # the first token's logprob and top are None
+    timings: Optional[Timings] = None  # None when it never reached a first token
 
 
 @dataclass(slots=True)

@@ -114,3 +114,43 @@ def test_bench_hands_its_options_to_the_suite(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: kakeya bench" in out and "--short" in out and "--only" in out
+
+
+@pytest.mark.ray
+def test_cluster_starts_serves_and_stops(tiny_qwen3_dir, tmp_path):
+    """`kakeya cluster` as users run it: its own local Ray, the same API with keys, SIGTERM exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from http_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_engine", "cluster", "--replicas", "1", "--model", str(tiny_qwen3_dir),
+         "--port", str(port), "--grpc-port", "0", "--api-key", "k1", "--speculative-method", "none"],
+        env=dict(os.environ, KAKEYA_CACHE_DIR=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, health = f"http://127.0.0.1:{port}", {}
+        deadline = time.time() + 180
+        while time.time() < deadline and not health.get("replicas"):
+            try:
+                health = httpx.get(url + "/healthz", timeout=10).json()
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.5)
+        assert health["status"] == "ok" and len(health["replicas"]) == 1, health
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60,
+                       headers={"Authorization": "Bearer k1"})
+        assert r.status_code == 200 and r.headers["x-kakeya-replica"] == health["replicas"][0]["id"]
+        assert httpx.post(url + "/v1/completions", json={"prompt": "Hi"}).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -19,6 +19,7 @@ from http_server import openai_client, serving  # noqa: E402
 from inference_engine.cluster import deploy  # noqa: E402
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from ray_cluster import cluster_serving  # noqa: E402
+from test_grafana import dashboard_families, exported_families  # noqa: E402
 from inference_engine.types import SpeculativeParams  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -97,6 +98,7 @@ def test_a_sessions_stay_with_their_owner(cluster, sessions):
     assert all(len(o) == 1 for o in owners.values()), owners
     body = _metrics_showing(cluster, 'kakeya_cluster_session_turns_total{outcome="owner"} 16.0')
     assert body.count('kakeya_model_forwards_total{replica="') == 2  # each replica's engine metrics
+    assert not dashboard_families() - exported_families(body)  # the Grafana dashboard has data for every panel
 
 
 def test_d_two_requests_on_one_session_one_409(cluster):

@@ -173,6 +173,32 @@ def test_metrics_after_completion(client, live):
     assert itl and float(itl[0].split()[-1]) >= 2  # 3 tokens: 2 gaps
 
 
+def _samples(live) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(live[0].url + "/metrics").text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+def test_prefix_cache_queue_prefill_decode_metrics(client, live):
+    """vLLM's families: prompt tokens looked up and found cached, the KV cache's share of its byte
+    budget, and each request's queue / prefill / decode time."""
+    before = _samples(live)
+    messages = [{"role": "user", "content": "A prompt long enough to be worth caching, " * 4}]
+    usages = [client.chat.completions.create(model=live[2], messages=messages, max_tokens=6, temperature=0,
+                                             extra_body={"ignore_eos": True}).usage for _ in range(2)]
+    after = _samples(live)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    assert delta["kakeya_prefix_cache_queries_total"] == sum(u.prompt_tokens for u in usages)
+    hits = [u.prompt_tokens_details.cached_tokens for u in usages]
+    assert delta["kakeya_prefix_cache_hits_total"] == sum(hits) and hits[1] > hits[0]
+    for phase in ("queue", "prefill", "decode"):
+        assert delta[f"kakeya_request_{phase}_time_seconds_count"] == 2
+        assert delta[f"kakeya_request_{phase}_time_seconds_sum"] >= 0
+    assert delta["kakeya_request_decode_time_seconds_sum"] > 0  # 5 tokens after the first
+    assert 0 < after["kakeya_kv_cache_usage_perc"] <= 1
+
+
 def test_disconnect_mid_stream_aborts(live):
     """The request stops within a few steps of the client leaving, far short of its max_tokens
     (it would otherwise run ~1000 steps, long past this test's wait)."""

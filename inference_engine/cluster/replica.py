@@ -39,8 +39,9 @@ class EngineReplica:
         self.engine = AsyncEngine(LLM(load_model(model), engine))
         self.id = serve.get_replica_context().replica_id.unique_id
         self.directory = ray.get_actor(directory, namespace=namespace)
-        self.metrics = Metrics(lambda: self.engine.num_running, lambda: self.engine.num_waiting,
-                               lambda: self.engine.num_sessions, lambda: self.engine.cache_bytes)
+        e = self.engine
+        self.metrics = Metrics(lambda: e.num_running, lambda: e.num_waiting, lambda: e.num_sessions,
+                               lambda: e.cache_bytes, lambda: e.cache_usage)
         self.engine.on_step = self.metrics.observe_step
         self._beat = asyncio.get_event_loop().create_task(self._heartbeat())
 

@@ -84,6 +84,11 @@ class AsyncEngine:
     def cache_bytes(self) -> int:
         return self.core.sessions.total_bytes
 
+    @property
+    def cache_usage(self) -> float:
+        """cache_bytes as a fraction of the store's byte budget (--session-cache-bytes)."""
+        return self.cache_bytes / max(self.core.config.session_cache_bytes, 1)
+
     async def health(self) -> dict:
         """What /healthz adds. decode_path: eager | fast | compiling | compiled (`--compile` swaps its
         graph in when ready) | graphs (CUDA graphs replay one-token steps)."""

@@ -98,6 +98,7 @@ class EngineCore:
         req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token,
                       tenant="" if self.config.share_cache_across_keys else tenant)
         req.generator = make_generator(sampling.seed, self.verifier.device)
+        req.arrived_at = time.monotonic()
         req.session, req.grammar = session, grammar
         self._attach_cache(req)
         self.scheduler.add(req)  # cannot refuse: capacity was checked above, on this same thread
@@ -302,6 +303,8 @@ class EngineCore:
             req.finish_reason = FinishReason.LENGTH
             del req.logprobs[len(req.output_ids):]
             return 0
+        if tokens and not req.output_ids:
+            req.first_token_at = time.monotonic()
         for n, tok in enumerate(tokens, 1):
             req.output_ids.append(tok)
             stop_requested = bool(req.on_token(tok)) if req.on_token else False

@@ -1,13 +1,14 @@
 """LLM: a loaded model + tokenizer around one EngineCore, with a blocking generate()."""
 from __future__ import annotations
 
+import time
 from typing import Optional, Sequence
 
 from ..config import EngineConfig
 from ..errors import ModelLoadError
 from ..models import LoadedModel
 from ..tokenizer import decode
-from ..types import EngineResult, SamplingParams, SpeculativeParams, TokenCallback, Usage
+from ..types import EngineResult, SamplingParams, SpeculativeParams, Timings, TokenCallback, Usage
 from .core import EngineCore
 from .grammar import GrammarCompiler
 from .request import Request
@@ -52,4 +53,12 @@ class LLM:
             spec=req.stats,
             logprobs=list(req.logprobs) if req.sampling.logprobs is not None else None,
             prompt_logprobs=list(req.prompt_logprobs) if req.sampling.prompt_logprobs is not None else None,
+            timings=_timings(req),
         )
+
+
+def _timings(req: Request) -> Optional[Timings]:
+    if not req.first_token_at:
+        return None
+    return Timings(req.scheduled_at - req.arrived_at, req.first_token_at - req.scheduled_at,
+                   time.monotonic() - req.first_token_at)

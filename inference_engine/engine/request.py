@@ -31,6 +31,9 @@ class Request:
     tenant: str = ""  # whose prefix cache and suffix index this request reads and feeds
     grammar: Optional[Grammar] = None  # where its output stands in sampling.grammar (engine/grammar.py)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # with sampling.prompt_logprobs
+    arrived_at: float = 0.0      # time.monotonic() when queued, first scheduled, first token out
+    scheduled_at: float = 0.0
+    first_token_at: float = 0.0
 
     @property
     def token_ids(self) -> list[int]:

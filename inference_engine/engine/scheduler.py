@@ -6,6 +6,7 @@ batching ragged caches is future work noted in docs/architecture.md.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from ..errors import Overloaded
@@ -29,7 +30,9 @@ class Scheduler:
     def schedule(self) -> list[Request]:
         """Admit waiting requests into free running slots; return the batch for this step."""
         while self.waiting and len(self.running) < self.max_running:
-            self.running.append(self.waiting.popleft())
+            req = self.waiting.popleft()
+            req.scheduled_at = time.monotonic()
+            self.running.append(req)
         return list(self.running)
 
     def remove(self, req: Request) -> None:

@@ -45,7 +45,8 @@ class ServerState:
     def attach(self, engine: AsyncEngine, metrics: Optional[Metrics] = None) -> None:
         """`metrics`: a cluster's ingress brings its own (the replicas' engine metrics merged in)."""
         self.metrics = metrics or Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
-                                          lambda: engine.num_sessions, lambda: engine.cache_bytes)
+                                          lambda: engine.num_sessions, lambda: engine.cache_bytes,
+                                          lambda: engine.cache_usage)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
@@ -217,7 +218,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
         reason = reason or (ends[0].finish_reason if ends else "error")
         state.metrics.observe_request(endpoint, status, reason, prompt_tokens, sum(e.completion_tokens for e in ends),
                                       (min(firsts) - t0) if firsts else None, time.perf_counter() - t0,
-                                      [g for e in ends for g in e.token_gaps])
+                                      [g for e in ends for g in e.token_gaps], [e.timings for e in ends if e.timings],
+                                      (prompt_tokens * body.n, sum(e.cached_tokens for e in ends)) if ends else (0, 0))
 
     prompt_tokens = sum(len(p) for p in prompts)
     streams = await _admit(engine, body, prompts, max_tokens, request, tenant, chat)  # refusals: CountRefusals

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Optional, Sequence, Union
 
 from ..engine.async_engine import RequestStream
 from ..tokenizer import StopMatcher, StreamingDetokenizer
-from ..types import EngineResult, SpecStats, TokenLogprob
+from ..types import EngineResult, SpecStats, Timings, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -27,6 +27,7 @@ class ChoiceEnd:
     cached_tokens: int = 0  # prompt tokens whose KV was reused (session or prefix cache)
     token_ids: list[int] = field(default_factory=list)  # generated ids (a stop string may end mid-token)
     prompt_logprobs: Optional[list] = None  # per prompt token (the first: None), when requested
+    timings: Optional[Timings] = None  # the engine's queue / prefill / decode times
 
 
 Piece = Union[Delta, ChoiceEnd]
@@ -44,7 +45,7 @@ async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> 
                 if tail or pending:
                     yield Delta(tail, pending)
                 yield ChoiceEnd(item.finish_reason.value, len(ids), item.spec, first, gaps, item.usage.cached_tokens, ids,
-                                item.prompt_logprobs)
+                                item.prompt_logprobs, item.timings)
                 return
             token, logprob = item
             ids.append(token)
@@ -64,7 +65,8 @@ async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> 
                 # the engine's own accounting (drafts, cached prompt tokens) of what it did until the stop
                 result = await stream.abort()
                 spec, cached = (result.spec, result.usage.cached_tokens) if result else (SpecStats(), 0)
-                yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids, result.prompt_logprobs if result else None)
+                yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids, result.prompt_logprobs if result else None,
+                                result.timings if result else None)
                 return
     finally:
         stream.cancel()  # at once, even if this task is being cancelled

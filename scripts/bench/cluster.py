@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -75,6 +76,16 @@ def workload(url: str, sessions: int, turns: int, max_tokens: int, tag: str) -> 
             "turn_latency_p50_s": statistics.median(lat), "turn_latency_p90_s": lat[int(0.9 * (len(lat) - 1))]}
 
 
+def session_turns(url: str) -> dict:
+    """The ingress's routing counters: session turns by new / owner / handoff, and the affinity
+    hit rate owner ÷ (owner + handoff). Cumulative over the run: the directory outlives the deploys."""
+    time.sleep(2.5)  # replicas report every second, the ingress refreshes as often
+    turns = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)
+             if f.name == "kakeya_cluster_session_turns" for s in f.samples if s.name.endswith("_total")}
+    turns["affinity_hit_rate"] = turns.get("owner", 0) / max(turns.get("owner", 0) + turns.get("handoff", 0), 1)
+    return turns
+
+
 def handoff_cost(url: str, sessions: int, max_tokens: int, turns_before: int) -> dict:
     directory = ray.get_actor(deploy.DIRECTORY, namespace=deploy.NAMESPACE)
     cached, handoff, after, history = [], [], [], []
@@ -115,6 +126,7 @@ def main() -> None:
             workload(url, 1, 1, 4, f"warm{replicas}")  # first requests pay lazy start-up work
             row = {"replicas": replicas, "threads_per_replica": cluster.threads_per_replica,
                    **workload(url, args.sessions, args.turns, args.max_tokens, f"r{replicas}")}
+            row["session_turns"] = session_turns(url)
             if replicas == 2:
                 row["handoff"] = handoff_cost(url, args.sessions, args.max_tokens, args.turns)
             rows.append(row)
@@ -125,10 +137,11 @@ def main() -> None:
     res = {"env": environment(), "sessions": args.sessions, "turns": args.turns, "max_tokens": args.max_tokens,
            "rows": rows, "two_over_one": rows[1]["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]}
     path = write_result("cluster", res)
-    print("| replicas × threads | aggregate tok/s | turn p50 (s) | turn p90 (s) | errors |\n|---|---|---|---|---|")
+    print("| replicas × threads | aggregate tok/s | turn p50 (s) | turn p90 (s) | affinity hit rate | errors |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['replicas']} × {r['threads_per_replica']} | {r['aggregate_tok_s']:.1f} | {r['turn_latency_p50_s']:.2f} "
-              f"| {r['turn_latency_p90_s']:.2f} | {len(r['errors'])} |")
+              f"| {r['turn_latency_p90_s']:.2f} | {r['session_turns']['affinity_hit_rate']:.2f} | {len(r['errors'])} |")
     h = rows[1]["handoff"]
     print(f"\nhandoff turn {h['handoff_turn_s']:.2f} s vs cached turn {h['cached_turn_s']:.2f} s "
           f"({h['handoff_over_cached']:.2f}×), cached again after: {h['cached_turn_after_s']:.2f} s\nwrote {path}")
