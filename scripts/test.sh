@@ -8,3 +8,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 .venv/bin/python -m coverage erase
 .venv/bin/python -m coverage run -m pytest -q --durations=15 "$@"
 .venv/bin/python -m coverage report
+# The TypeScript SDK (@kakeya/runtime): 100 % coverage against a real `kakeya serve` (whole gate only)
+if [ $# -eq 0 ]; then
+  (cd sdks/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test)
+fi
