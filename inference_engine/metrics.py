@@ -16,6 +16,11 @@ INGRESS_FAMILIES = frozenset({"kakeya_requests", "kakeya_prompt_tokens", "kakeya
                               "kakeya_e2e_request_latency_seconds", "kakeya_request_queue_time_seconds",
                               "kakeya_request_prefill_time_seconds", "kakeya_request_decode_time_seconds",
                               "kakeya_prefix_cache_queries", "kakeya_prefix_cache_hits"})
+# Memory accounting (docs/metrics.md, "Bytes per token"): engine families, per replica in a cluster
+MEMORY_GAUGES = {
+    "kakeya_kv_bytes_per_cached_token": "Held session/prefix KV bytes (spare capacity included) per cached position",
+    "kakeya_suffix_index_tokens": "Tokens indexed for suffix drafting (bounded by --suffix-cache-tokens per API key)",
+}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -24,7 +29,7 @@ class Metrics:
 
     def __init__(self, running: Callable[[], int], waiting: Callable[[], int],
                  sessions: Callable[[], int] = lambda: 0, cache_bytes: Callable[[], int] = lambda: 0,
-                 cache_usage: Callable[[], float] = lambda: 0.0,
+                 cache_usage: Callable[[], float] = lambda: 0.0, memory: Optional[dict[str, Callable[[], float]]] = None,
                  replicas: Optional[Callable[[], tuple[dict[str, bytes], dict[str, int]]]] = None):
         self.registry = r = CollectorRegistry()  # one per app: no global state between servers/tests
         self.requests = Counter("kakeya_requests", "Finished HTTP requests", ["endpoint", "status", "finish_reason"], registry=r)
@@ -44,6 +49,8 @@ class Metrics:
         self.prefix_hits = Counter("kakeya_prefix_cache_hits", "Prompt tokens found there (their KV reused)", registry=r)
         if replicas is None:
             self._engine_metrics(r, running, waiting, sessions, cache_bytes, cache_usage)
+            for name, fn in (memory or {}).items():
+                Gauge(name, MEMORY_GAUGES[name], registry=r).set_function(fn)
         else:  # a cluster's ingress: the engine metrics are each replica's, labelled with its id
             r.register(_ReplicaCollector(replicas))
 

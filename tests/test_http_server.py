@@ -197,6 +197,11 @@ def test_prefix_cache_queue_prefill_decode_metrics(client, live):
         assert delta[f"kakeya_request_{phase}_time_seconds_sum"] >= 0
     assert delta["kakeya_request_decode_time_seconds_sum"] > 0  # 5 tokens after the first
     assert 0 < after["kakeya_kv_cache_usage_perc"] <= 1
+    # bytes per cached token: at least the model's own K+V bytes per position (capacity is reserved ahead)
+    c = live[1].llm.model.config
+    per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4  # float32
+    assert after["kakeya_kv_bytes_per_cached_token"] >= per_position
+    assert after["kakeya_suffix_index_tokens"] > 0  # finished requests are indexed for drafting
 
 
 def test_disconnect_mid_stream_aborts(live):

@@ -200,6 +200,12 @@ class SessionStore:
         with self._lock:
             return sum(s.kv_bytes for s in self._entries.values() if not s.busy)
 
+    @property
+    def cached_tokens(self) -> int:
+        """Positions whose KV is held (what total_bytes pays for, spare capacity aside)."""
+        with self._lock:
+            return sum(s.kv_length for s in self._entries.values() if not s.busy and s.cache is not None)
+
     def expire(self) -> list[str]:
         """Remove sessions idle longer than the TTL (never a busy one)."""
         with self._lock:

@@ -19,7 +19,7 @@ from ..config import EngineConfig, ModelConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.request_stream import SessionInfo
 from ..errors import SessionNotFound
-from ..metrics import Metrics
+from ..http.app import engine_metrics
 from ..types import EngineResult, SamplingParams, SpeculativeParams
 from .directory import Claim
 from .remote import unwrap
@@ -39,9 +39,7 @@ class EngineReplica:
         self.engine = AsyncEngine(LLM(load_model(model), engine))
         self.id = serve.get_replica_context().replica_id.unique_id
         self.directory = ray.get_actor(directory, namespace=namespace)
-        e = self.engine
-        self.metrics = Metrics(lambda: e.num_running, lambda: e.num_waiting, lambda: e.num_sessions,
-                               lambda: e.cache_bytes, lambda: e.cache_usage)
+        self.metrics = engine_metrics(self.engine)  # the same families as `kakeya serve`'s
         self.engine.on_step = self.metrics.observe_step
         self._beat = asyncio.get_event_loop().create_task(self._heartbeat())
 

@@ -85,6 +85,17 @@ class AsyncEngine:
         return self.core.sessions.total_bytes
 
     @property
+    def kv_bytes_per_cached_token(self) -> float:
+        """What a cached token really costs: held KV bytes (spare capacity included) ÷ cached positions."""
+        tokens = self.core.sessions.cached_tokens
+        return self.cache_bytes / tokens if tokens else 0.0
+
+    @property
+    def suffix_index_tokens(self) -> int:
+        """Tokens indexed for suffix drafting, over every tenant's index."""
+        return self.core.suffix_index_tokens
+
+    @property
     def cache_usage(self) -> float:
         """cache_bytes as a fraction of the store's byte budget (--session-cache-bytes)."""
         return self.cache_bytes / max(self.core.config.session_cache_bytes, 1)

@@ -185,6 +185,10 @@ class EngineCore:
             return self.suffix_for(req.tenant)
         return self.proposers[req.spec.method]
 
+    @property
+    def suffix_index_tokens(self) -> int:
+        return sum(s.num_tokens for s in self._suffixes.values())
+
     def suffix_for(self, tenant: str) -> SuffixProposer:
         """Each tenant drafts only from its own past requests: a shared index would leak prompts."""
         if tenant not in self._suffixes:

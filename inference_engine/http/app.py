@@ -29,6 +29,14 @@ T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
 
 
+def engine_metrics(engine: AsyncEngine) -> Metrics:
+    """The metrics of one engine: its gauges read at scrape time; steps and requests observed."""
+    return Metrics(lambda: engine.num_running, lambda: engine.num_waiting, lambda: engine.num_sessions,
+                   lambda: engine.cache_bytes, lambda: engine.cache_usage, memory={
+                       "kakeya_kv_bytes_per_cached_token": lambda: engine.kv_bytes_per_cached_token,
+                       "kakeya_suffix_index_tokens": lambda: engine.suffix_index_tokens})
+
+
 class ServerState:
     """What the routes need; `engine` is None while the model loads. `draining` is set on SIGTERM:
     both edges then refuse new work (503 / UNAVAILABLE) while in-flight requests finish."""
@@ -44,9 +52,7 @@ class ServerState:
 
     def attach(self, engine: AsyncEngine, metrics: Optional[Metrics] = None) -> None:
         """`metrics`: a cluster's ingress brings its own (the replicas' engine metrics merged in)."""
-        self.metrics = metrics or Metrics(lambda: engine.num_running, lambda: engine.num_waiting,
-                                          lambda: engine.num_sessions, lambda: engine.cache_bytes,
-                                          lambda: engine.cache_usage)
+        self.metrics = metrics or engine_metrics(engine)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
