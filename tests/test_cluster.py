@@ -121,6 +121,10 @@ def test_e_stateless_prompts_sharing_a_prefix_hit_the_prefix_cache(cluster):
     first_replica, _ = cluster.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello."}])
     replica, r = cluster.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Goodbye."}])
     assert replica == first_replica and r.usage.prompt_tokens_details.cached_tokens > 40
+    # one x-request-id, the client's own: Ray's proxy sets it, so the ingress app does not add another
+    raw = httpx.post(cluster.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1},
+                     headers={"x-request-id": "client-id-7"}, timeout=60)
+    assert raw.status_code == 200 and raw.headers.get_list("x-request-id") == ["client-id-7"]
 
 
 def test_b_killed_replica_sessions_continue_elsewhere(cluster, sessions, tiny_loaded):

@@ -47,7 +47,7 @@ class Ingress:
         self.state.attach(self.remote, metrics)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.state)
+        return create_app(self.state, request_ids=False)  # Ray's proxy sets x-request-id itself
 
 
 def build(model: ModelConfig, engine: EngineConfig, server: ServerConfig, cluster: ClusterConfig):

@@ -68,14 +68,16 @@ class ServerState:
         return self.engine
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
+    """`request_ids`: set `x-request-id` on responses (off behind Ray Serve's proxy, which sets it)."""
     app = FastAPI(title="Kakeya", description="OpenAI-compatible local inference with lossless speculative decoding")
     errors.install(app)
     openapi.install(app)
     app.state.kakeya = state
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes)
     app.add_middleware(CountRefusals, metrics=lambda: state.metrics)  # sees the 413s too
-    app.add_middleware(RequestId)
+    if request_ids:
+        app.add_middleware(RequestId)
     if state.config.allowed_origins:  # browsers' preflight and response headers (default: none allowed)
         app.add_middleware(CORSMiddleware, allow_origins=list(state.config.allowed_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
