@@ -155,23 +155,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import threading
 
     from .cluster import deploy
+    from .serving import say
 
     if args.grpc_port:
-        _say_stderr("kakeya cluster serves HTTP only; the gRPC edge stays with `kakeya serve`")
+        say("kakeya cluster serves HTTP only; the gRPC edge stays with `kakeya serve`")
     config = deploy.ClusterConfig(replicas=args.replicas, affinity=not args.no_affinity, ray_address=args.ray_address,
                                   threads_per_replica=args.threads_per_replica)
     deploy.start(model_config(args), engine_config(args), server_config(args), config)
-    _say_stderr(f"serving on http://{args.host}:{args.port} with {args.replicas} replicas")
+    say(f"serving on http://{args.host}:{args.port} with {args.replicas} replicas")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     deploy.stop(config)
     return 0
-
-
-def _say_stderr(message: str) -> None:
-    print(f"[kakeya] {message}", file=sys.stderr, flush=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

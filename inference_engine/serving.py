@@ -38,7 +38,8 @@ class _Server(uvicorn.Server):
         self.loop.call_soon_threadsafe(self.on_signal)
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """One line of server status on stderr, as every `kakeya` command prints it."""
     print(f"[kakeya] {message}", file=sys.stderr, flush=True)
 
 
@@ -68,7 +69,7 @@ async def serve(config: ServerConfig, build: Callable[[], AsyncEngine]) -> int:
         if error is not None:
             status = 1
             state.load_error = error
-            _say(f"error: the model failed to load: {error}")
+            say(f"error: the model failed to load: {error}")
             server.should_exit = True
             return
         if state.draining:  # a signal came while loading
@@ -79,7 +80,7 @@ async def serve(config: ServerConfig, build: Callable[[], AsyncEngine]) -> int:
             asyncio.ensure_future(grpc_server.refresh_health())
         info = engine.info
         grpc_note = f" and grpc {config.host}:{config.grpc_port}" if grpc_server else ""
-        _say(f"serving {info.name} on {info.device} ({info.dtype}) at http://{config.host}:{config.port}/v1{grpc_note}")
+        say(f"serving {info.name} on {info.device} ({info.dtype}) at http://{config.host}:{config.port}/v1{grpc_note}")
 
     def load() -> None:  # both edges answer "unavailable" until this finishes
         try:
@@ -107,7 +108,7 @@ async def serve(config: ServerConfig, build: Callable[[], AsyncEngine]) -> int:
         if state.engine is not None:
             state.engine.shutdown()
     if drain is not None:
-        _say("stopped")
+        say("stopped")
     return status
 
 
@@ -117,7 +118,7 @@ async def _drain(state: ServerState, server: _Server, grpc_server, grace: float,
         await grpc_server.refresh_health()  # NOT_SERVING: ready() now raises ShuttingDown
     engine = state.engine
     busy = engine.num_active if engine is not None else 0
-    _say(f"shutting down: refusing new requests; {busy} in flight, waiting up to {grace:g} s")
+    say(f"shutting down: refusing new requests; {busy} in flight, waiting up to {grace:g} s")
     deadline = time.monotonic() + grace
     while engine is not None and engine.num_active and time.monotonic() < deadline and not skip.is_set():
         try:
@@ -126,7 +127,7 @@ async def _drain(state: ServerState, server: _Server, grpc_server, grace: float,
             pass
     if engine is not None and engine.alive and engine.num_active:
         n = await engine.abort_all()
-        _say(f"grace period over: aborted {n} request(s)")
+        say(f"grace period over: aborted {n} request(s)")
         # let the aborted responses (final chunks, 503s) reach their clients before connections close
         end = time.monotonic() + FLUSH_S
         while server.server_state.tasks and time.monotonic() < end:
