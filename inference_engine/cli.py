@@ -33,6 +33,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="default for requests; auto = suffix drafts with k chosen per step (0 when drafting does not pay)")
     p.add_argument("--num-draft-tokens", type=int, default=int(_env("NUM_DRAFT_TOKENS", "8")),
                    help="k for fixed methods, the cap for auto")
+    p.add_argument("--kv-window", type=_kv_window, default=_kv_window(_env("KV_WINDOW", "0,0")), metavar="SINK,WINDOW",
+                   help="keep only the first SINK and the last WINDOW positions of each request's KV (StreamingLLM; "
+                        "docs/architecture.md); 0,0 (default): the full cache")
     p.add_argument("--draft-model", default=_env("DRAFT_MODEL"), help="smaller model sharing the tokenizer (enables 'draft')")
     p.add_argument("--suffix-cache-tokens", type=int, default=int(_env("SUFFIX_CACHE_TOKENS", "100000")),
                    help="memory bound of the cross-request suffix index, in tokens")
@@ -66,6 +69,16 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share-cache-across-keys", action="store_true", default=_env("SHARE_CACHE_ACROSS_KEYS") == "1",
                    help="one prefix cache and suffix index for all API keys (faster, but a side channel: "
                             "one key can learn another's prompts from cached_tokens and speculation stats)")
+
+
+def _kv_window(text: str) -> tuple[int, int] | None:
+    try:
+        sink, window = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SINK,WINDOW (two integers), got {text!r}") from None
+    if sink < 0 or window < 0:
+        raise argparse.ArgumentTypeError(f"SINK and WINDOW must be >= 0, got {text!r}")
+    return (sink, window) if window else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +135,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
         share_cache_across_keys=getattr(args, "share_cache_across_keys", False),
+        kv_window=args.kv_window,
     )
 
 

@@ -38,6 +38,7 @@ class EngineConfig:
     compile: bool = False               # compile the fast path's one-token step (in the background)
     cuda_graphs: Optional[bool] = None  # one-token steps as CUDA graphs; None = on CUDA devices
     share_cache_across_keys: bool = False  # one prefix cache and suffix index for all API keys (a side channel)
+    kv_window: Optional[tuple[int, int]] = None  # (sink, window): KV keeps the first sink + last window positions
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: Optional[str] = None  # an llguidance grammar (JSON text) the output must match; engine/grammar.py
     prompt_logprobs: Optional[int] = None  # None: off; n >= 0: each prompt token's logprob + n alternatives
+    kv_window: Optional[tuple[int, int]] = None  # (sink, window) of the KV; (0, 0): full; None: the session's or server's
 
     @property
     def adjusts_logits(self) -> bool:

@@ -297,6 +297,16 @@ MUTANTS: list[Mutant] = [
     Mutant("close_tag_in_a_json_string_ends_the_call", "inference_engine/http/parsers.py",
            'i = _close_tag(self.buf, close, self.mode == "tool")', "i = self.buf.find(close)",
            ("tests/test_output_parsing.py::test_close_tag_inside_a_json_string_is_text",)),
+    # sink + window KV (cache/kv_cache.py): the window's edge, the ring's size, trim past evictions
+    Mutant("window_sees_one_too_many", "inference_engine/cache/kv_cache.py",
+           "(pos > query - self.window)", "(pos >= query - self.window)",
+           ("tests/test_kv_window.py::test_plain_equals_the_windowed_model",)),
+    Mutant("ring_without_room_for_drafts", "inference_engine/cache/kv_cache.py",
+           "need = min(total, S + W + T - 1)", "need = min(total, S + W)",
+           ("tests/test_kv_window.py::test_spec_equals_plain_under_the_window",)),
+    Mutant("trim_into_evicted_positions", "inference_engine/cache/kv_cache.py",
+           "self.length - n - self.oldest < self.window.window - 1", "False",
+           ("tests/test_kv_window.py::test_rewinding_into_evicted_positions_prefills_again",)),
 ]
 
 

@@ -335,6 +335,10 @@ def test_grpc_errors(servers, runtime):
 def test_async_runtime_client(servers):
     async def main() -> tuple[list[int], int]:
         async with AsyncRuntimeClient(servers[1], api_key=KEY) as rc:
+            async with await rc.create_session(label="async", kv_window=(2, 4)) as small:
+                await small.append(TURN)
+                await small.generate_all(12, temperature=0)
+                windowed = (await small.info()).kv_bytes
             async with await rc.create_session(label="async") as s:
                 assert await s.append(TURN) == len(TURN)
                 whole = await s.generate_all(6, temperature=0)
@@ -347,6 +351,7 @@ def test_async_runtime_client(servers):
                 while (info := await s.info()).busy and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
                 assert not info.busy and info.history_length > whole.done.history_length
+                assert 0 < windowed < info.kv_bytes  # (2 + 4 + k + 1) positions against the whole history
                 sid = s.session_id
             with pytest.raises(SessionNotFound):
                 await rc.session_info(sid)

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import SessionBusy, SessionNotFound, TooManySessions
 from ..types import SpecStats
-from .kv_cache import KVCache
+from .kv_cache import KVCache, KVWindow
 
 
 @dataclass(eq=False, slots=True)
@@ -45,6 +45,7 @@ class Session:
     busy: bool = False
     anonymous: bool = False  # a prefix-cache entry, not a client's session
     tenant: str = ""         # the API key (hashed) that owns it
+    kv_window: Optional[KVWindow] = None  # its requests' default KV window (gRPC CreateSession)
 
     @property
     def kv_length(self) -> int:
@@ -83,7 +84,7 @@ class SessionStore:
     # -- client sessions -------------------------------------------------------
 
     def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None,
-               tenant: str = "") -> Session:
+               tenant: str = "", kv_window: Optional[KVWindow] = None) -> Session:
         with self._lock:
             self.expire()
             if self.num_sessions >= self.max_sessions:
@@ -91,7 +92,7 @@ class SessionStore:
             sid = session_id or f"sess-{uuid.uuid4().hex}"  # 128 random bits: not guessable
             if ("s", tenant, sid) in self._entries:
                 raise SessionBusy(f"session {sid!r} already exists", "session_id")
-            s = Session(sid, tuple(eos_ids), label, last_used=self.clock(), tenant=tenant)
+            s = Session(sid, tuple(eos_ids), label, last_used=self.clock(), tenant=tenant, kv_window=kv_window)
             self._entries[("s", tenant, sid)] = s
             return s
 
@@ -177,7 +178,7 @@ class SessionStore:
 
     def put_prefix(self, tokens: Sequence[int], cache: Optional[KVCache], tenant: str = "") -> None:
         cache = _fit(cache, tokens)
-        if cache is None or cache.length == 0:
+        if cache is None or cache.length == 0 or cache.window is not None:  # windowed: no prefix to share
             return
         with self._lock:
             n = next(self._anon_ids)

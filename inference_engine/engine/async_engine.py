@@ -22,7 +22,8 @@ from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, SessionN
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
 from .llm import LLM
 from .request_stream import RequestStream, SessionInfo, _Stream
-from .validation import Limits, check_token_ids
+from ..cache.kv_cache import KVWindow
+from .validation import Limits, check_kv_window, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +291,21 @@ class AsyncEngine:
                            s.busy, stats)
 
     async def create_session(self, eos_ids: Sequence[int] = (), label: str = "", tenant: str = "",
-                             session_id: Optional[str] = None) -> SessionInfo:
+                             session_id: Optional[str] = None, kv_window: Optional[tuple[int, int]] = None) -> SessionInfo:
         """A new session owned by `tenant`, with a server-generated (unguessable) id unless the
-        server's cluster layer chose one."""
+        server's cluster layer chose one. `kv_window` (sink, window): its requests' default; (0, 0) full."""
         def job() -> SessionInfo:
             if len(label) > MAX_LABEL_CHARS:
                 raise InvalidRequest(f"client_label is {len(label)} characters; at most {MAX_LABEL_CHARS}", "client_label")
             if len(eos_ids) > MAX_EOS_IDS:
                 raise InvalidRequest(f"{len(eos_ids)} eos_token_ids; at most {MAX_EOS_IDS}", "eos_token_ids")
             check_token_ids(eos_ids, self.core.vocab_size, "eos_token_ids")
-            return self._info(self.core.sessions.create(list(eos_ids), label, session_id, tenant).session_id, tenant)
+            window = None
+            if kv_window is not None:
+                check_kv_window(kv_window, self.core.max_context)
+                window = KVWindow(*kv_window) if kv_window[1] else KVWindow(0, 0)  # (0, 0): full, whatever the server's
+            s = self.core.sessions.create(list(eos_ids), label, session_id, tenant, window)
+            return self._info(s.session_id, tenant)
 
         return await self._job(job)
 

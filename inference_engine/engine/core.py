@@ -14,6 +14,7 @@ from kv_cache_proposer.draft_model import DraftModelProposer
 from kv_cache_proposer.ngram import NgramProposer
 from kv_cache_proposer.suffix import SuffixProposer
 
+from ..cache.kv_cache import KVWindow
 from ..cache.session_store import SessionStore, common_prefix
 from ..config import EngineConfig
 from ..errors import InvalidRequest
@@ -100,9 +101,18 @@ class EngineCore:
         req.generator = make_generator(sampling.seed, self.verifier.device)
         req.arrived_at = time.monotonic()
         req.session, req.grammar = session, grammar
+        req.kv_window = self._kv_window(sampling, session)
         self._attach_cache(req)
         self.scheduler.add(req)  # cannot refuse: capacity was checked above, on this same thread
         return req
+
+    def _kv_window(self, sampling: SamplingParams, session) -> Optional[KVWindow]:
+        """The request's own window, else its session's, else the server's; (0, 0) or None: full."""
+        w = sampling.kv_window
+        if w is None and session is not None and session.kv_window is not None:  # window 0: full
+            w = (session.kv_window.sink, session.kv_window.window)
+        w = self.config.kv_window if w is None else w
+        return KVWindow(*w) if w and w[1] else None
 
     def _grammar(self, grammar: Optional[str]) -> Optional[Grammar]:
         if grammar is None:
@@ -118,14 +128,17 @@ class EngineCore:
             req.session.cache = None
             if req.sampling.prompt_logprobs is not None:  # scoring the prompt needs every row: re-prefill
                 cache = None
-        elif self.config.prefix_cache and req.sampling.prompt_logprobs is None:  # scoring needs every row
-            cache, shared = self.sessions.take_prefix(req.prompt_ids, req.tenant)
+        elif self.config.prefix_cache and req.sampling.prompt_logprobs is None and req.kv_window is None:
+            cache, shared = self.sessions.take_prefix(req.prompt_ids, req.tenant)  # scoring needs every row
         else:
             cache, shared = None, 0
+        if cache is not None and cache.window != req.kv_window:  # KV of another window: not this model's
+            cache = None
         if cache is not None:
             keep = min(cache.length, shared, len(req.prompt_ids) - 1)  # the last prompt token is always fed
-            cache.trim(cache.length - keep)
-            req.cache, req.cached_tokens = cache, keep
+            cache.trim(cache.length - keep)  # a windowed cache may have to forget everything
+            cache.headroom = req.headroom
+            req.cache, req.cached_tokens = cache, cache.length
 
     def abort(self, request_id: str) -> Optional[Request]:
         """End a queued or running request now (finish 'abort'); None if it already finished."""
@@ -278,6 +291,7 @@ class EngineCore:
         for req, draft, out, lg in zip(batch, drafts, outcomes, logits):
             rejected = out.num_drafted - out.num_accepted
             req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
+            req.cache.settle()  # then a windowed cache gives back what a prefill grew (trim before evict)
             if rejected:
                 self.proposer_for(req).rewind(req.request_id, rejected)
             if req.spec.method == "auto" and out.num_drafted and not draft.forced:  # forced: no news of the proposer

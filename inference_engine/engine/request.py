@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..cache.kv_cache import KVCache
+from ..cache.kv_cache import KVCache, KVWindow
 from ..cache.session_store import Session
 from .grammar import Grammar
 from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, TokenCallback, TokenLogprob
@@ -34,6 +34,12 @@ class Request:
     arrived_at: float = 0.0      # time.monotonic() when queued, first scheduled, first token out
     scheduled_at: float = 0.0
     first_token_at: float = 0.0
+    kv_window: Optional[KVWindow] = None  # sink + window KV (cache/kv_cache.py); None: the full cache
+
+    @property
+    def headroom(self) -> int:
+        """The widest forward a step of this request makes once decoding: k drafts + 1."""
+        return (0 if self.spec.method == "none" else self.spec.num_draft_tokens) + 1
 
     @property
     def token_ids(self) -> list[int]:

@@ -63,6 +63,8 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
     bad_bias = next(((t, b) for t, b in sp.logit_bias if not -100.0 <= b <= 100.0), None)
     if bad_bias is not None:
         raise InvalidRequest(f"logit_bias for token {bad_bias[0]} must be in [-100, 100], got {bad_bias[1]}", "logit_bias")
+    if sp.kv_window is not None:
+        check_kv_window(sp.kv_window, limits.max_context)
     if spec.method not in limits.methods:
         known = ", ".join(limits.methods)
         raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")
@@ -71,3 +73,13 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
             f"num_draft_tokens must be in [0, {limits.max_draft_tokens}], got {spec.num_draft_tokens}",
             "speculative.num_draft_tokens",
         )
+
+
+def check_kv_window(w: Sequence[int], max_context: int, param: str = "kv_window") -> None:
+    """(sink, window): window 0 means the full cache; otherwise window >= 1 and sink >= 0."""
+    if len(w) != 2 or not all(isinstance(x, int) for x in w):
+        raise InvalidRequest(f"{param} must be two integers (sink, window), got {w!r}", param)
+    sink, window = w
+    if not (0 <= sink <= max_context and 0 <= window <= max_context):
+        raise InvalidRequest(f"{param} sink and window must be in [0, {max_context}] (window 0: the full cache), "
+                             f"got sink={sink}, window={window}", param)

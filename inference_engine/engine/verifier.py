@@ -20,11 +20,15 @@ from transformers import PreTrainedModel
 
 from kv_cache_proposer.base import Draft
 
-from ..cache.kv_cache import KVCache, stack_left_padded, to_dynamic
+from transformers import DynamicCache
+
+from ..cache.kv_cache import KVCache, KVWindow, stack_left_padded, to_dynamic
 from ..models.fast import FastDecoder, unsupported_reason
 from .request import Request
 
 log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512  # tokens per forward of a windowed prefill
 
 
 class Verifier:
@@ -77,8 +81,8 @@ class Verifier:
         step = self.fast.step
         return "fast" if step is None or step.state == "failed" else step.state
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.model.config)
+    def new_cache(self, window: Optional[KVWindow] = None, headroom: int = 1) -> KVCache:
+        return KVCache(self.model.config, window=window, headroom=headroom)
 
     def forward(self, cache: KVCache, tokens: Sequence[int], num_logits: int) -> torch.Tensor:
         """Feed `tokens` after the cached ones; return logits [num_logits, V] of the last positions."""
@@ -90,8 +94,8 @@ class Verifier:
         inputs = []
         for req, draft in zip(batch, drafts):
             if req.cache is None:
-                req.cache = self.new_cache()
-            inputs.append(req.token_ids[req.cache.length :] + draft.tokens)
+                req.cache = self.new_cache(req.kv_window, req.headroom)
+            inputs.append(self._prefill_window(req, req.token_ids[req.cache.length :] + draft.tokens, len(draft.tokens) + 1))
         out: list = [None] * len(batch)
         # a request scoring its prompt keeps every row of its (uncached, see core) prefill
         keep = [len(x) if req.sampling.prompt_logprobs is not None and req.cache.length == 0 else len(d.tokens) + 1
@@ -107,6 +111,16 @@ class Verifier:
             if out[i] is None:
                 out[i] = self.forward(req.cache, inputs[i], keep[i])
         return out
+
+    def _prefill_window(self, req: Request, tokens: list[int], tail: int) -> list[int]:
+        """A windowed cache takes a long input in pieces of PREFILL_CHUNK, so the mask and the ring
+        stay SINK + WINDOW + PREFILL_CHUNK wide; returns what is left for this step's forward."""
+        if req.cache.window is None or req.sampling.prompt_logprobs is not None:  # scoring needs every row at once
+            return tokens
+        while len(tokens) > PREFILL_CHUNK + tail:
+            self.forward(req.cache, tokens[:PREFILL_CHUNK], 1)
+            tokens = tokens[PREFILL_CHUNK:]
+        return tokens
 
     @torch.inference_mode()
     def forward_batch(self, caches: Sequence[KVCache], inputs: Sequence[list[int]], keep: Sequence[int]) -> list[torch.Tensor]:
@@ -133,6 +147,11 @@ class Verifier:
         """The transformers decoder over the same caches: rows left-padded with a key mask, each
         with its own positions; right padding is never attended by real tokens (causal)."""
         B, T = ids.shape
+        if any(c.window is not None for c in caches):  # row by row, each under its own window mask
+            hidden = ids.new_zeros((B, T, self.model.config.hidden_size), dtype=self.model.dtype)
+            for b, (cache, start, n) in enumerate(zip(caches, starts, new)):
+                hidden[b, :n] = self._eager_window(ids[b : b + 1, :n], cache, start)[0]
+            return hidden
         extra = {}
         if B == 1:
             layers = caches[0].layers()
@@ -147,3 +166,28 @@ class Verifier:
         for b, (cache, n) in enumerate(zip(caches, new)):
             cache.append([(layer.keys[b : b + 1, :, L : L + n], layer.values[b : b + 1, :, L : L + n]) for layer in dc.layers])
         return hidden  # [B, T, H]
+
+    def _eager_window(self, ids: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+        """One row over a windowed cache: the buffer's slots, then the new keys (transformers
+        appends them), under a 4-D additive mask built from each slot's position; the new keys
+        are then written into their ring slots. ids [1, T] → hidden [1, T, H]."""
+        T, w, device = ids.shape[1], cache.window, ids.device
+        queries = start + torch.arange(T, device=device)[:, None]  # [T, 1]
+        # slots past the cached length hold rolled-back drafts: the new keys (appended) replace them
+        held = (w.visible(cache.pos[None, :], queries) & (cache.pos < start) if cache.keys
+                else queries.new_zeros((T, 0), dtype=torch.bool))
+        allowed = torch.cat([held, w.visible(queries.T, queries)], dim=1)  # [T, capacity + T]
+        mask = torch.zeros(allowed.shape, dtype=self.model.dtype, device=device)
+        mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)[None, None]  # [1, 1, T, capacity + T]
+        L = cache.capacity
+        dc = to_dynamic(self.model.config, list(zip(cache.keys, cache.values))) if cache.keys else DynamicCache(config=self.model.config)
+        hidden = self.decoder(input_ids=ids, position_ids=queries.T, attention_mask=mask, use_cache=True,
+                              **{self.cache_kwarg: dc}).last_hidden_state
+        new = [(layer.keys[:, :, L:], layer.values[:, :, L:]) for layer in dc.layers]  # [1, Hkv, T, D] each
+        cache.reserve(start + T, new[0][0])
+        slots = cache.place(start, T, device)
+        for keys, values, (k, v) in zip(cache.keys, cache.values, new):
+            keys.index_copy_(2, slots, k)
+            values.index_copy_(2, slots, v)
+        cache.length = start + T
+        return hidden

@@ -193,6 +193,7 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         ignore_eos=body.ignore_eos, grammar=_grammar(body, engine),
         # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response only)
         prompt_logprobs=body.logprobs if getattr(body, "echo", False) and not body.stream else None,
+        kv_window=None if body.kv_window is None else (body.kv_window.sink, body.kv_window.window),
     )
 
 

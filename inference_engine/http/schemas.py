@@ -190,6 +190,14 @@ class SpeculativeOptions(_Lenient):
     num_draft_tokens: Optional[int] = Field(default=None, ge=0)
 
 
+class KVWindowOptions(_Lenient):
+    """Kakeya extension: keep the first `sink` and the last `window` positions of this request's KV
+    (window 0: the full cache, whatever the server's --kv-window)."""
+
+    sink: int = Field(default=4, ge=0)
+    window: int = Field(ge=0)
+
+
 class _SamplingFields(_Lenient):
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=0)
@@ -204,6 +212,7 @@ class _SamplingFields(_Lenient):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     speculative: Optional[SpeculativeOptions] = None
+    kv_window: Optional[KVWindowOptions] = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100)]]] = None  # OpenAI's range

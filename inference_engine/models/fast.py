@@ -56,18 +56,26 @@ class Block(nn.Module):
         self.scale, self.gqa = head_dim**-0.5, heads != kv_heads
 
     def forward(self, x, cos, sin, keys: list, values: list, starts: list[int], masks: list, causal: list[bool],
-                wide: bool = False):
+                wide: bool = False, slots: Optional[list] = None):
         """x [B, T, H]; keys[b]/values[b] are row b's buffers [1, Hkv, capacity, D] for this layer.
-        `wide`: compute with the verify set (a plain bool, so compiled code specialises on it)."""
+        `wide`: compute with the verify set (a plain bool, so compiled code specialises on it).
+        slots[b] [T]: where a windowed cache's row writes (it then attends over the whole buffer
+        under masks[b] [T, capacity]); None: written by position, attending to [0, start+T)."""
         B, T, _ = x.shape
         p = self.verify if wide else self  # both carry qkv, o, gate_up and down
         q, k, v = self._qkv(x, cos, sin, p)
         rows = []
         for b, start in enumerate(starts):
-            keys[b][:, :, start : start + T] = k[b : b + 1]  # written by position
-            values[b][:, :, start : start + T] = v[b : b + 1]
+            if slots is not None and slots[b] is not None:
+                keys[b].index_copy_(2, slots[b], k[b : b + 1])
+                values[b].index_copy_(2, slots[b], v[b : b + 1])
+                end = keys[b].shape[2]
+            else:
+                keys[b][:, :, start : start + T] = k[b : b + 1]  # written by position
+                values[b][:, :, start : start + T] = v[b : b + 1]
+                end = start + T
             rows.append(F.scaled_dot_product_attention(
-                q[b : b + 1], keys[b][:, :, : start + T], values[b][:, :, : start + T],  # [1, Hkv, start+T, D]
+                q[b : b + 1], keys[b][:, :, :end], values[b][:, :, :end],  # [1, Hkv, end, D]
                 attn_mask=masks[b], is_causal=causal[b], scale=self.scale, enable_gqa=self.gqa))
         return self._out(x, rows[0] if B == 1 else torch.cat(rows), p)  # [B, Hq, T, D]
 
@@ -204,17 +212,20 @@ class FastDecoder:
         x = self.embed(ids)  # [B, T, H]
         offsets = torch.tensor(list(starts), device=ids.device)[:, None]
         cos, sin = self._rotary(offsets + torch.arange(T, device=ids.device)[None, :], x)
-        masks = []
+        masks, slots = [], []
         for cache, start in zip(caches, starts):
             cache.reserve(start + T, x)
+            queries = start + torch.arange(T, device=ids.device)[:, None]  # [T, 1]
+            slots.append(None if cache.window is None else cache.place(start, T, ids.device))
             # query t (position start+t) sees keys 0..start+t: one query sees everything cached, a
             # fresh prefill is plain causal (the flash kernel's own mask), otherwise an explicit mask
-            if T == 1 or start == 0:
+            if cache.window is not None:
+                masks.append(cache.window.visible(cache.pos[None, :], queries))  # [T, capacity]
+            elif T == 1 or start == 0:
                 masks.append(None)
             else:
-                keys = torch.arange(start + T, device=ids.device)
-                masks.append(keys[None, :] <= start + torch.arange(T, device=ids.device)[:, None])  # [T, start+T]
-        if T == 1 and len(caches) == 1 and not wide:
+                masks.append(torch.arange(start + T, device=ids.device)[None, :] <= queries)  # [T, start+T]
+        if T == 1 and len(caches) == 1 and not wide and caches[0].window is None:
             if self.graphs is not None:
                 out = self.graphs(ids, cos, sin, caches[0], starts[0])
             elif self.step is not None:
@@ -223,9 +234,10 @@ class FastDecoder:
                 out = None
             if out is not None:
                 return out
-        causal = [T > 1 and start == 0 for start in starts]
+        causal = [T > 1 and start == 0 and m is None for start, m in zip(starts, masks)]
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal, wide)
+            x = block(x, cos, sin, [c.keys[i] for c in caches], [c.values[i] for c in caches], list(starts), masks, causal,
+                      wide, slots)
         return _rms(x, self.norm, self.eps)
 
     def one_token(self, ids, cos, sin, keys: list, values: list, start: int) -> torch.Tensor:

@@ -16,7 +16,12 @@ def sampling_from_pb(req: pb.GenerateRequest) -> SamplingParams:
         top_k=req.top_k if req.HasField("top_k") else 0,
         top_p=req.top_p if req.HasField("top_p") else 1.0,
         seed=req.seed if req.HasField("seed") else None,
+        kv_window=kv_window_from_pb(req.kv_window) if req.HasField("kv_window") else None,
     )
+
+
+def kv_window_from_pb(w: pb.KVWindow) -> tuple[int, int]:
+    return (w.sink, w.window)
 
 
 def spec_from_pb(opt: pb.SpeculativeOptions, default: SpeculativeParams) -> SpeculativeParams:

@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable
 from ..engine.async_engine import AsyncEngine
 from ..tokenizer import StreamingDetokenizer
 from ..types import EngineResult
-from .convert import done_to_pb, info_to_pb, sampling_from_pb, spec_from_pb
+from .convert import done_to_pb, info_to_pb, kv_window_from_pb, sampling_from_pb, spec_from_pb
 from .interceptors import TENANT
 from .pb.kakeya.v1 import runtime_pb2 as pb
 from .pb.kakeya.v1 import runtime_pb2_grpc as pb_grpc
@@ -21,7 +21,9 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         self.engine = engine  # raises EngineDead while the model loads, after a failure, or while draining
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
-        s = await self.engine().create_session(list(request.eos_token_ids), request.client_label, TENANT.get())
+        window = kv_window_from_pb(request.kv_window) if request.HasField("kv_window") else None
+        s = await self.engine().create_session(list(request.eos_token_ids), request.client_label, TENANT.get(),
+                                               kv_window=window)
         return pb.CreateSessionResponse(session_id=s.session_id)
 
     async def AppendTokens(self, request: pb.AppendTokensRequest, context) -> pb.AppendTokensResponse:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode  # noqa: E402
 import gpu_check  # noqa: E402
 import latency  # noqa: E402
+import memory  # noqa: E402
 import shapes  # noqa: E402
 import spec  # noqa: E402
 from common import dram_bandwidth_gbs, environment, first_difference, write_result  # noqa: E402
@@ -187,6 +188,9 @@ def markdown(res: dict, command: str) -> str:
         parts += ["### Prefill, TTFT, inter-token latency", "", latency.table(res["latency"]), ""]
     if "shapes" in res:
         parts += ["### Random-weight Qwen3 shapes", "", shapes.table(res["shapes"]), ""]
+    if "memory" in res:
+        parts += [f"### Memory: KV bytes per token held by a session of L tokens (k = {res['memory']['k']}; docs/metrics.md)", "",
+                  memory.table(res["memory"]["rows"]), f"Draft model: {res['memory']['draft_model']}.", ""]
     return "\n".join(parts + [END])
 
 
@@ -233,7 +237,7 @@ def main() -> None:
     tokens, repeats = (32, 1) if args.short else (128, 3)
     configs = args.configs or ("float32,bfloat16+int4" if args.short else "float32,bfloat16,bfloat16+int8,bfloat16+int4")
     gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    sections = (args.only or "decode,workloads,latency" + (",shapes" if gpu else "")).split(",")
+    sections = (args.only or "decode,workloads,latency,memory" + (",shapes" if gpu else "")).split(",")
     t0, load0 = time.perf_counter(), os.getloadavg()
     res: dict = {"env": environment(), "command": command, "commit": git_commit(), "dram_read_gbs": dram_bandwidth_gbs()}
     reason = "skipped (--no-llama-cpp)" if args.no_llama_cpp else missing_reason()
@@ -264,6 +268,9 @@ def main() -> None:
         if "latency" in sections:
             res["latency"] = [latency.run(c, tokens, repeats, peer) for c in ("float32", args.best)]
             print(latency.table(res["latency"]), flush=True)
+        if "memory" in sections:
+            res["memory"] = memory.run(configs.split(","), [512] if args.short else [512, 2048, 4096],
+                                       [(4, 256)] if args.short else [(4, 64), (4, 256), (4, 1024)])
     finally:
         if peer is not None:
             peer.close()

@@ -8,8 +8,11 @@ from ._pb.kakeya.v1 import runtime_pb2 as pb
 from .runtime_types import Frame, GenerateDone, GenerateOptions, RuntimeSessionInfo, SpeculativeStats, TokenChunk
 
 
-def create_session_to_pb(eos_token_ids: Sequence[int], label: str) -> pb.CreateSessionRequest:
-    return pb.CreateSessionRequest(eos_token_ids=[int(t) for t in eos_token_ids], client_label=label)
+def create_session_to_pb(eos_token_ids: Sequence[int], label: str, kv_window=None) -> pb.CreateSessionRequest:
+    req = pb.CreateSessionRequest(eos_token_ids=[int(t) for t in eos_token_ids], client_label=label)
+    if kv_window is not None:  # (sink, window); window 0: the full cache
+        req.kv_window.sink, req.kv_window.window = (int(x) for x in kv_window)
+    return req
 
 
 def append_to_pb(session_id: str, token_ids: Sequence[int]) -> pb.AppendTokensRequest:

@@ -46,8 +46,9 @@ class AsyncRuntimeClient:
 
     # -- sessions ---------------------------------------------------------------
 
-    async def create_session(self, eos_token_ids: Sequence[int] = (), label: str = "") -> "AsyncRuntimeSession":
-        resp = await self._unary("CreateSession", cv.create_session_to_pb(eos_token_ids, label))
+    async def create_session(self, eos_token_ids: Sequence[int] = (), label: str = "",
+                             kv_window: Optional[tuple[int, int]] = None) -> "AsyncRuntimeSession":
+        resp = await self._unary("CreateSession", cv.create_session_to_pb(eos_token_ids, label, kv_window))
         return AsyncRuntimeSession(self, cv.session_id_from_pb(resp))
 
     async def session_info(self, session_id: str) -> RuntimeSessionInfo:

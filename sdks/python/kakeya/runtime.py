@@ -49,9 +49,11 @@ class RuntimeClient:
 
     # -- sessions ---------------------------------------------------------------
 
-    def create_session(self, eos_token_ids: Sequence[int] = (), label: str = "") -> "RuntimeSession":
-        """A new empty session. `eos_token_ids` stop generation in addition to the model's own."""
-        resp = self._unary("CreateSession", cv.create_session_to_pb(eos_token_ids, label))
+    def create_session(self, eos_token_ids: Sequence[int] = (), label: str = "",
+                       kv_window: Optional[tuple[int, int]] = None) -> "RuntimeSession":
+        """A new empty session. `eos_token_ids` stop generation in addition to the model's own;
+        `kv_window` (sink, window) bounds its KV (window 0: full; None: the server's --kv-window)."""
+        resp = self._unary("CreateSession", cv.create_session_to_pb(eos_token_ids, label, kv_window))
         return RuntimeSession(self, cv.session_id_from_pb(resp))
 
     def session_info(self, session_id: str) -> RuntimeSessionInfo:

@@ -76,8 +76,11 @@ export class RuntimeClient {
   }
 
   /** A new empty session; `eosTokenIds` stop generation in addition to the model's own. */
-  async createSession(opts: { eosTokenIds?: number[]; label?: string } = {}): Promise<RuntimeSession> {
-    const req = create(CreateSessionRequestSchema, { eosTokenIds: (opts.eosTokenIds ?? []).map(BigInt), clientLabel: opts.label ?? "" });
+  async createSession(opts: { eosTokenIds?: number[]; label?: string; kvWindow?: { sink: number; window: number } } = {}): Promise<RuntimeSession> {
+    // kvWindow: keep the first `sink` and the last `window` KV positions (window 0: full; unset: the server's)
+    const req = create(CreateSessionRequestSchema, {
+      eosTokenIds: (opts.eosTokenIds ?? []).map(BigInt), clientLabel: opts.label ?? "", kvWindow: opts.kvWindow,
+    });
     const resp = await this.unary<{ sessionId: string }>("createSession", "CreateSession", req);
     return new RuntimeSession(this, resp.sessionId);
   }

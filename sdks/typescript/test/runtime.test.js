@@ -59,6 +59,18 @@ test("a session: append, generate, a cached second turn, info, close", async () 
   await assert.rejects(s.info(), SessionNotFound);
 });
 
+test("a session created with a KV window holds fewer KV bytes than a full one", async () => {
+  const bytes = [];
+  for (const opts of [{ kvWindow: { sink: 2, window: 4 } }, {}]) {
+    const s = await client.createSession(opts);
+    await s.append(PROMPT);
+    await collect(s.generate({ maxTokens: 12, speculativeMethod: "none" }));
+    bytes.push((await s.info()).kvBytes);
+    await s.close();
+  }
+  assert.ok(0 < bytes[0] && bytes[0] < bytes[1], `windowed ${bytes[0]} vs full ${bytes[1]}`);
+});
+
 test("seeded sampling is reproducible across sessions", async () => {
   const run = async () => {
     const s = await client.createSession();

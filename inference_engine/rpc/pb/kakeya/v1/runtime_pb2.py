@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kakeya/v1/runtime.proto\x12\tkakeya.v1\"C\n\x14\x43reateSessionRequest\x12\x15\n\reos_token_ids\x18\x01 \x03(\x03\x12\x14\n\x0c\x63lient_label\x18\x02 \x01(\t\"+\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13\x41ppendTokensRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\".\n\x14\x41ppendTokensResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\"X\n\x12SpeculativeOptions\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x1d\n\x10num_draft_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x13\n\x11_num_draft_tokens\"\xef\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x32\n\x0bspeculative\x18\x07 \x01(\x0b\x32\x1d.kakeya.v1.SpeculativeOptionsB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_k\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xcb\x01\n\x10SpeculativeStats\x12\x0e\n\x06\x64rafts\x18\x01 \x01(\x04\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x04\x12\x18\n\x10recovered_tokens\x18\x04 \x01(\x04\x12\x14\n\x0c\x62onus_tokens\x18\x05 \x01(\x04\x12\x13\n\x0bplain_steps\x18\x06 \x01(\x04\x12\x14\n\x0cverify_steps\x18\x07 \x01(\x04\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x08 \x03(\x04\"\xe6\x01\n\x0cGenerateDone\x12\x13\n\x0bstop_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x15\n\rcached_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\x12\x16\n\x0ehistory_length\x18\x05 \x01(\x04\x12\x1d\n\x15time_to_first_token_s\x18\x06 \x01(\x01\x12\x0f\n\x07total_s\x18\x07 \x01(\x01\x12\x30\n\x0bspeculative\x18\x08 \x01(\x0b\x32\x1b.kakeya.v1.SpeculativeStats\"m\n\x10GenerateResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.kakeya.v1.TokenChunkH\x00\x12\'\n\x04\x64one\x18\x02 \x01(\x0b\x32\x17.kakeya.v1.GenerateDoneH\x00\x42\x07\n\x05\x66rame\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xd1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63lient_label\x18\x02 \x01(\t\x12\x16\n\x0ehistory_length\x18\x03 \x01(\x04\x12\x18\n\x10kv_cached_tokens\x18\x04 \x01(\x04\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04\x62usy\x18\x07 \x01(\x08\x12\x30\n\x0bspeculative\x18\x08 \x01(\x0b\x32\x1b.kakeya.v1.SpeculativeStats2\x99\x03\n\x0eRuntimeService\x12R\n\rCreateSession\x12\x1f.kakeya.v1.CreateSessionRequest\x1a .kakeya.v1.CreateSessionResponse\x12O\n\x0c\x41ppendTokens\x12\x1e.kakeya.v1.AppendTokensRequest\x1a\x1f.kakeya.v1.AppendTokensResponse\x12\x45\n\x08Generate\x12\x1a.kakeya.v1.GenerateRequest\x1a\x1b.kakeya.v1.GenerateResponse0\x01\x12O\n\x0c\x43loseSession\x12\x1e.kakeya.v1.CloseSessionRequest\x1a\x1f.kakeya.v1.CloseSessionResponse\x12J\n\x0eGetSessionInfo\x12 .kakeya.v1.GetSessionInfoRequest\x1a\x16.kakeya.v1.SessionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kakeya/v1/runtime.proto\x12\tkakeya.v1\"k\n\x14\x43reateSessionRequest\x12\x15\n\reos_token_ids\x18\x01 \x03(\x03\x12\x14\n\x0c\x63lient_label\x18\x02 \x01(\t\x12&\n\tkv_window\x18\x03 \x01(\x0b\x32\x13.kakeya.v1.KVWindow\"(\n\x08KVWindow\x12\x0c\n\x04sink\x18\x01 \x01(\r\x12\x0e\n\x06window\x18\x02 \x01(\r\"+\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13\x41ppendTokensRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\".\n\x14\x41ppendTokensResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\"X\n\x12SpeculativeOptions\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x1d\n\x10num_draft_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x13\n\x11_num_draft_tokens\"\x97\x02\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x32\n\x0bspeculative\x18\x07 \x01(\x0b\x32\x1d.kakeya.v1.SpeculativeOptions\x12&\n\tkv_window\x18\x08 \x01(\x0b\x32\x13.kakeya.v1.KVWindowB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_k\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xcb\x01\n\x10SpeculativeStats\x12\x0e\n\x06\x64rafts\x18\x01 \x01(\x04\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x04\x12\x18\n\x10recovered_tokens\x18\x04 \x01(\x04\x12\x14\n\x0c\x62onus_tokens\x18\x05 \x01(\x04\x12\x13\n\x0bplain_steps\x18\x06 \x01(\x04\x12\x14\n\x0cverify_steps\x18\x07 \x01(\x04\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x08 \x03(\x04\"\xe6\x01\n\x0cGenerateDone\x12\x13\n\x0bstop_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x15\n\rcached_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x04\x12\x16\n\x0ehistory_length\x18\x05 \x01(\x04\x12\x1d\n\x15time_to_first_token_s\x18\x06 \x01(\x01\x12\x0f\n\x07total_s\x18\x07 \x01(\x01\x12\x30\n\x0bspeculative\x18\x08 \x01(\x0b\x32\x1b.kakeya.v1.SpeculativeStats\"m\n\x10GenerateResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x15.kakeya.v1.TokenChunkH\x00\x12\'\n\x04\x64one\x18\x02 \x01(\x0b\x32\x17.kakeya.v1.GenerateDoneH\x00\x42\x07\n\x05\x66rame\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xd1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63lient_label\x18\x02 \x01(\t\x12\x16\n\x0ehistory_length\x18\x03 \x01(\x04\x12\x18\n\x10kv_cached_tokens\x18\x04 \x01(\x04\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04\x62usy\x18\x07 \x01(\x08\x12\x30\n\x0bspeculative\x18\x08 \x01(\x0b\x32\x1b.kakeya.v1.SpeculativeStats2\x99\x03\n\x0eRuntimeService\x12R\n\rCreateSession\x12\x1f.kakeya.v1.CreateSessionRequest\x1a .kakeya.v1.CreateSessionResponse\x12O\n\x0c\x41ppendTokens\x12\x1e.kakeya.v1.AppendTokensRequest\x1a\x1f.kakeya.v1.AppendTokensResponse\x12\x45\n\x08Generate\x12\x1a.kakeya.v1.GenerateRequest\x1a\x1b.kakeya.v1.GenerateResponse0\x01\x12O\n\x0c\x43loseSession\x12\x1e.kakeya.v1.CloseSessionRequest\x1a\x1f.kakeya.v1.CloseSessionResponse\x12J\n\x0eGetSessionInfo\x12 .kakeya.v1.GetSessionInfoRequest\x1a\x16.kakeya.v1.SessionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,33 +32,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kakeya.v1.runtime_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATESESSIONREQUEST']._serialized_start=38
-  _globals['_CREATESESSIONREQUEST']._serialized_end=105
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=107
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=150
-  _globals['_APPENDTOKENSREQUEST']._serialized_start=152
-  _globals['_APPENDTOKENSREQUEST']._serialized_end=212
-  _globals['_APPENDTOKENSRESPONSE']._serialized_start=214
-  _globals['_APPENDTOKENSRESPONSE']._serialized_end=260
-  _globals['_SPECULATIVEOPTIONS']._serialized_start=262
-  _globals['_SPECULATIVEOPTIONS']._serialized_end=350
-  _globals['_GENERATEREQUEST']._serialized_start=353
-  _globals['_GENERATEREQUEST']._serialized_end=592
-  _globals['_TOKENCHUNK']._serialized_start=594
-  _globals['_TOKENCHUNK']._serialized_end=639
-  _globals['_SPECULATIVESTATS']._serialized_start=642
-  _globals['_SPECULATIVESTATS']._serialized_end=845
-  _globals['_GENERATEDONE']._serialized_start=848
-  _globals['_GENERATEDONE']._serialized_end=1078
-  _globals['_GENERATERESPONSE']._serialized_start=1080
-  _globals['_GENERATERESPONSE']._serialized_end=1189
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1191
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1232
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1234
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1256
-  _globals['_GETSESSIONINFOREQUEST']._serialized_start=1258
-  _globals['_GETSESSIONINFOREQUEST']._serialized_end=1301
-  _globals['_SESSIONINFO']._serialized_start=1304
-  _globals['_SESSIONINFO']._serialized_end=1513
-  _globals['_RUNTIMESERVICE']._serialized_start=1516
-  _globals['_RUNTIMESERVICE']._serialized_end=1925
+  _globals['_CREATESESSIONREQUEST']._serialized_end=145
+  _globals['_KVWINDOW']._serialized_start=147
+  _globals['_KVWINDOW']._serialized_end=187
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=189
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=232
+  _globals['_APPENDTOKENSREQUEST']._serialized_start=234
+  _globals['_APPENDTOKENSREQUEST']._serialized_end=294
+  _globals['_APPENDTOKENSRESPONSE']._serialized_start=296
+  _globals['_APPENDTOKENSRESPONSE']._serialized_end=342
+  _globals['_SPECULATIVEOPTIONS']._serialized_start=344
+  _globals['_SPECULATIVEOPTIONS']._serialized_end=432
+  _globals['_GENERATEREQUEST']._serialized_start=435
+  _globals['_GENERATEREQUEST']._serialized_end=714
+  _globals['_TOKENCHUNK']._serialized_start=716
+  _globals['_TOKENCHUNK']._serialized_end=761
+  _globals['_SPECULATIVESTATS']._serialized_start=764
+  _globals['_SPECULATIVESTATS']._serialized_end=967
+  _globals['_GENERATEDONE']._serialized_start=970
+  _globals['_GENERATEDONE']._serialized_end=1200
+  _globals['_GENERATERESPONSE']._serialized_start=1202
+  _globals['_GENERATERESPONSE']._serialized_end=1311
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1313
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1354
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1356
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1378
+  _globals['_GETSESSIONINFOREQUEST']._serialized_start=1380
+  _globals['_GETSESSIONINFOREQUEST']._serialized_end=1423
+  _globals['_SESSIONINFO']._serialized_start=1426
+  _globals['_SESSIONINFO']._serialized_end=1635
+  _globals['_RUNTIMESERVICE']._serialized_start=1638
+  _globals['_RUNTIMESERVICE']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("eos_token_ids", "client_label")
+    __slots__ = ("eos_token_ids", "client_label", "kv_window")
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    KV_WINDOW_FIELD_NUMBER: _ClassVar[int]
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     client_label: str
-    def __init__(self, eos_token_ids: _Optional[_Iterable[int]] = ..., client_label: _Optional[str] = ...) -> None: ...
+    kv_window: KVWindow
+    def __init__(self, eos_token_ids: _Optional[_Iterable[int]] = ..., client_label: _Optional[str] = ..., kv_window: _Optional[_Union[KVWindow, _Mapping]] = ...) -> None: ...
+
+class KVWindow(_message.Message):
+    __slots__ = ("sink", "window")
+    SINK_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    sink: int
+    window: int
+    def __init__(self, sink: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id",)
@@ -43,7 +53,7 @@ class SpeculativeOptions(_message.Message):
     def __init__(self, method: _Optional[str] = ..., num_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("session_id", "max_tokens", "seed", "temperature", "top_p", "top_k", "speculative")
+    __slots__ = ("session_id", "max_tokens", "seed", "temperature", "top_p", "top_k", "speculative", "kv_window")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +61,7 @@ class GenerateRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
+    KV_WINDOW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     max_tokens: int
     seed: int
@@ -58,7 +69,8 @@ class GenerateRequest(_message.Message):
     top_p: float
     top_k: int
     speculative: SpeculativeOptions
-    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., speculative: _Optional[_Union[SpeculativeOptions, _Mapping]] = ...) -> None: ...
+    kv_window: KVWindow
+    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., speculative: _Optional[_Union[SpeculativeOptions, _Mapping]] = ..., kv_window: _Optional[_Union[KVWindow, _Mapping]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("token_ids", "text")

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kakeya/v1/runtime.proto.
  */
 export const file_kakeya_v1_runtime: GenFile = /*@__PURE__*/
-  fileDesc("ChdrYWtleWEvdjEvcnVudGltZS5wcm90bxIJa2FrZXlhLnYxIkMKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhUKDWVvc190b2tlbl9pZHMYASADKAMSFAoMY2xpZW50X2xhYmVsGAIgASgJIisKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJIjwKE0FwcGVuZFRva2Vuc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl0b2tlbl9pZHMYAiADKAMiLgoUQXBwZW5kVG9rZW5zUmVzcG9uc2USFgoOaGlzdG9yeV9sZW5ndGgYASABKAQiWAoSU3BlY3VsYXRpdmVPcHRpb25zEg4KBm1ldGhvZBgBIAEoCRIdChBudW1fZHJhZnRfdG9rZW5zGAIgASgNSACIAQFCEwoRX251bV9kcmFmdF90b2tlbnMi7wEKD0dlbmVyYXRlUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhIKCm1heF90b2tlbnMYAiABKA0SEQoEc2VlZBgDIAEoBEgAiAEBEhgKC3RlbXBlcmF0dXJlGAQgASgCSAGIAQESEgoFdG9wX3AYBSABKAJIAogBARISCgV0b3BfaxgGIAEoDUgDiAEBEjIKC3NwZWN1bGF0aXZlGAcgASgLMh0ua2FrZXlhLnYxLlNwZWN1bGF0aXZlT3B0aW9uc0IHCgVfc2VlZEIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3BfayItCgpUb2tlbkNodW5rEhEKCXRva2VuX2lkcxgBIAMoAxIMCgR0ZXh0GAIgASgJIssBChBTcGVjdWxhdGl2ZVN0YXRzEg4KBmRyYWZ0cxgBIAEoBBIUCgxkcmFmdF90b2tlbnMYAiABKAQSFwoPYWNjZXB0ZWRfdG9rZW5zGAMgASgEEhgKEHJlY292ZXJlZF90b2tlbnMYBCABKAQSFAoMYm9udXNfdG9rZW5zGAUgASgEEhMKC3BsYWluX3N0ZXBzGAYgASgEEhQKDHZlcmlmeV9zdGVwcxgHIAEoBBIdChVhY2NlcHRlZF9wZXJfcG9zaXRpb24YCCADKAQi5gEKDEdlbmVyYXRlRG9uZRITCgtzdG9wX3JlYXNvbhgBIAEoCRIVCg1wcm9tcHRfdG9rZW5zGAIgASgEEhUKDWNhY2hlZF90b2tlbnMYAyABKAQSGQoRY29tcGxldGlvbl90b2tlbnMYBCABKAQSFgoOaGlzdG9yeV9sZW5ndGgYBSABKAQSHQoVdGltZV90b19maXJzdF90b2tlbl9zGAYgASgBEg8KB3RvdGFsX3MYByABKAESMAoLc3BlY3VsYXRpdmUYCCABKAsyGy5rYWtleWEudjEuU3BlY3VsYXRpdmVTdGF0cyJtChBHZW5lcmF0ZVJlc3BvbnNlEicKBnRva2VucxgBIAEoCzIVLmtha2V5YS52MS5Ub2tlbkNodW5rSAASJwoEZG9uZRgCIAEoCzIXLmtha2V5YS52MS5HZW5lcmF0ZURvbmVIAEIHCgVmcmFtZSIpChNDbG9zZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFgoUQ2xvc2VTZXNzaW9uUmVzcG9uc2UiKwoVR2V0U2Vzc2lvbkluZm9SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAki0QEKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSFAoMY2xpZW50X2xhYmVsGAIgASgJEhYKDmhpc3RvcnlfbGVuZ3RoGAMgASgEEhgKEGt2X2NhY2hlZF90b2tlbnMYBCABKAQSEAoIa3ZfYnl0ZXMYBSABKAQSFAoMaWRsZV9zZWNvbmRzGAYgASgBEgwKBGJ1c3kYByABKAgSMAoLc3BlY3VsYXRpdmUYCCABKAsyGy5rYWtleWEudjEuU3BlY3VsYXRpdmVTdGF0czKZAwoOUnVudGltZVNlcnZpY2USUgoNQ3JlYXRlU2Vzc2lvbhIfLmtha2V5YS52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBogLmtha2V5YS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USTwoMQXBwZW5kVG9rZW5zEh4ua2FrZXlhLnYxLkFwcGVuZFRva2Vuc1JlcXVlc3QaHy5rYWtleWEudjEuQXBwZW5kVG9rZW5zUmVzcG9uc2USRQoIR2VuZXJhdGUSGi5rYWtleWEudjEuR2VuZXJhdGVSZXF1ZXN0Ghsua2FrZXlhLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJPCgxDbG9zZVNlc3Npb24SHi5rYWtleWEudjEuQ2xvc2VTZXNzaW9uUmVxdWVzdBofLmtha2V5YS52MS5DbG9zZVNlc3Npb25SZXNwb25zZRJKCg5HZXRTZXNzaW9uSW5mbxIgLmtha2V5YS52MS5HZXRTZXNzaW9uSW5mb1JlcXVlc3QaFi5rYWtleWEudjEuU2Vzc2lvbkluZm9iBnByb3RvMw");
+  fileDesc("ChdrYWtleWEvdjEvcnVudGltZS5wcm90bxIJa2FrZXlhLnYxImsKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhUKDWVvc190b2tlbl9pZHMYASADKAMSFAoMY2xpZW50X2xhYmVsGAIgASgJEiYKCWt2X3dpbmRvdxgDIAEoCzITLmtha2V5YS52MS5LVldpbmRvdyIoCghLVldpbmRvdxIMCgRzaW5rGAEgASgNEg4KBndpbmRvdxgCIAEoDSIrChVDcmVhdGVTZXNzaW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCSI8ChNBcHBlbmRUb2tlbnNSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJdG9rZW5faWRzGAIgAygDIi4KFEFwcGVuZFRva2Vuc1Jlc3BvbnNlEhYKDmhpc3RvcnlfbGVuZ3RoGAEgASgEIlgKElNwZWN1bGF0aXZlT3B0aW9ucxIOCgZtZXRob2QYASABKAkSHQoQbnVtX2RyYWZ0X3Rva2VucxgCIAEoDUgAiAEBQhMKEV9udW1fZHJhZnRfdG9rZW5zIpcCCg9HZW5lcmF0ZVJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRISCgptYXhfdG9rZW5zGAIgASgNEhEKBHNlZWQYAyABKARIAIgBARIYCgt0ZW1wZXJhdHVyZRgEIAEoAkgBiAEBEhIKBXRvcF9wGAUgASgCSAKIAQESEgoFdG9wX2sYBiABKA1IA4gBARIyCgtzcGVjdWxhdGl2ZRgHIAEoCzIdLmtha2V5YS52MS5TcGVjdWxhdGl2ZU9wdGlvbnMSJgoJa3Zfd2luZG93GAggASgLMhMua2FrZXlhLnYxLktWV2luZG93QgcKBV9zZWVkQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rIi0KClRva2VuQ2h1bmsSEQoJdG9rZW5faWRzGAEgAygDEgwKBHRleHQYAiABKAkiywEKEFNwZWN1bGF0aXZlU3RhdHMSDgoGZHJhZnRzGAEgASgEEhQKDGRyYWZ0X3Rva2VucxgCIAEoBBIXCg9hY2NlcHRlZF90b2tlbnMYAyABKAQSGAoQcmVjb3ZlcmVkX3Rva2VucxgEIAEoBBIUCgxib251c190b2tlbnMYBSABKAQSEwoLcGxhaW5fc3RlcHMYBiABKAQSFAoMdmVyaWZ5X3N0ZXBzGAcgASgEEh0KFWFjY2VwdGVkX3Blcl9wb3NpdGlvbhgIIAMoBCLmAQoMR2VuZXJhdGVEb25lEhMKC3N0b3BfcmVhc29uGAEgASgJEhUKDXByb21wdF90b2tlbnMYAiABKAQSFQoNY2FjaGVkX3Rva2VucxgDIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgEIAEoBBIWCg5oaXN0b3J5X2xlbmd0aBgFIAEoBBIdChV0aW1lX3RvX2ZpcnN0X3Rva2VuX3MYBiABKAESDwoHdG90YWxfcxgHIAEoARIwCgtzcGVjdWxhdGl2ZRgIIAEoCzIbLmtha2V5YS52MS5TcGVjdWxhdGl2ZVN0YXRzIm0KEEdlbmVyYXRlUmVzcG9uc2USJwoGdG9rZW5zGAEgASgLMhUua2FrZXlhLnYxLlRva2VuQ2h1bmtIABInCgRkb25lGAIgASgLMhcua2FrZXlhLnYxLkdlbmVyYXRlRG9uZUgAQgcKBWZyYW1lIikKE0Nsb3NlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIWChRDbG9zZVNlc3Npb25SZXNwb25zZSIrChVHZXRTZXNzaW9uSW5mb1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSLRAQoLU2Vzc2lvbkluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRIUCgxjbGllbnRfbGFiZWwYAiABKAkSFgoOaGlzdG9yeV9sZW5ndGgYAyABKAQSGAoQa3ZfY2FjaGVkX3Rva2VucxgEIAEoBBIQCghrdl9ieXRlcxgFIAEoBBIUCgxpZGxlX3NlY29uZHMYBiABKAESDAoEYnVzeRgHIAEoCBIwCgtzcGVjdWxhdGl2ZRgIIAEoCzIbLmtha2V5YS52MS5TcGVjdWxhdGl2ZVN0YXRzMpkDCg5SdW50aW1lU2VydmljZRJSCg1DcmVhdGVTZXNzaW9uEh8ua2FrZXlhLnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAua2FrZXlhLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJPCgxBcHBlbmRUb2tlbnMSHi5rYWtleWEudjEuQXBwZW5kVG9rZW5zUmVxdWVzdBofLmtha2V5YS52MS5BcHBlbmRUb2tlbnNSZXNwb25zZRJFCghHZW5lcmF0ZRIaLmtha2V5YS52MS5HZW5lcmF0ZVJlcXVlc3QaGy5rYWtleWEudjEuR2VuZXJhdGVSZXNwb25zZTABEk8KDENsb3NlU2Vzc2lvbhIeLmtha2V5YS52MS5DbG9zZVNlc3Npb25SZXF1ZXN0Gh8ua2FrZXlhLnYxLkNsb3NlU2Vzc2lvblJlc3BvbnNlEkoKDkdldFNlc3Npb25JbmZvEiAua2FrZXlhLnYxLkdldFNlc3Npb25JbmZvUmVxdWVzdBoWLmtha2V5YS52MS5TZXNzaW9uSW5mb2IGcHJvdG8z");
 
 /**
  * @generated from message kakeya.v1.CreateSessionRequest
@@ -35,6 +35,13 @@ export type CreateSessionRequest = Message<"kakeya.v1.CreateSessionRequest"> & {
    * @generated from field: string client_label = 2;
    */
   clientLabel: string;
+
+  /**
+   * unset: the server's --kv-window; its requests may override it
+   *
+   * @generated from field: kakeya.v1.KVWindow kv_window = 3;
+   */
+  kvWindow?: KVWindow | undefined;
 };
 
 /**
@@ -43,6 +50,30 @@ export type CreateSessionRequest = Message<"kakeya.v1.CreateSessionRequest"> & {
  */
 export const CreateSessionRequestSchema: GenMessage<CreateSessionRequest> = /*@__PURE__*/
   messageDesc(file_kakeya_v1_runtime, 0);
+
+/**
+ * Sink + window KV: keep the first `sink` positions and the last `window` (0: the full cache).
+ *
+ * @generated from message kakeya.v1.KVWindow
+ */
+export type KVWindow = Message<"kakeya.v1.KVWindow"> & {
+  /**
+   * @generated from field: uint32 sink = 1;
+   */
+  sink: number;
+
+  /**
+   * @generated from field: uint32 window = 2;
+   */
+  window: number;
+};
+
+/**
+ * Describes the message kakeya.v1.KVWindow.
+ * Use `create(KVWindowSchema)` to create a new message.
+ */
+export const KVWindowSchema: GenMessage<KVWindow> = /*@__PURE__*/
+  messageDesc(file_kakeya_v1_runtime, 1);
 
 /**
  * @generated from message kakeya.v1.CreateSessionResponse
@@ -59,7 +90,7 @@ export type CreateSessionResponse = Message<"kakeya.v1.CreateSessionResponse"> &
  * Use `create(CreateSessionResponseSchema)` to create a new message.
  */
 export const CreateSessionResponseSchema: GenMessage<CreateSessionResponse> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 1);
+  messageDesc(file_kakeya_v1_runtime, 2);
 
 /**
  * @generated from message kakeya.v1.AppendTokensRequest
@@ -83,7 +114,7 @@ export type AppendTokensRequest = Message<"kakeya.v1.AppendTokensRequest"> & {
  * Use `create(AppendTokensRequestSchema)` to create a new message.
  */
 export const AppendTokensRequestSchema: GenMessage<AppendTokensRequest> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 2);
+  messageDesc(file_kakeya_v1_runtime, 3);
 
 /**
  * @generated from message kakeya.v1.AppendTokensResponse
@@ -100,7 +131,7 @@ export type AppendTokensResponse = Message<"kakeya.v1.AppendTokensResponse"> & {
  * Use `create(AppendTokensResponseSchema)` to create a new message.
  */
 export const AppendTokensResponseSchema: GenMessage<AppendTokensResponse> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 3);
+  messageDesc(file_kakeya_v1_runtime, 4);
 
 /**
  * @generated from message kakeya.v1.SpeculativeOptions
@@ -124,7 +155,7 @@ export type SpeculativeOptions = Message<"kakeya.v1.SpeculativeOptions"> & {
  * Use `create(SpeculativeOptionsSchema)` to create a new message.
  */
 export const SpeculativeOptionsSchema: GenMessage<SpeculativeOptions> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 4);
+  messageDesc(file_kakeya_v1_runtime, 5);
 
 /**
  * @generated from message kakeya.v1.GenerateRequest
@@ -172,6 +203,13 @@ export type GenerateRequest = Message<"kakeya.v1.GenerateRequest"> & {
    * @generated from field: kakeya.v1.SpeculativeOptions speculative = 7;
    */
   speculative?: SpeculativeOptions | undefined;
+
+  /**
+   * unset: the session's window
+   *
+   * @generated from field: kakeya.v1.KVWindow kv_window = 8;
+   */
+  kvWindow?: KVWindow | undefined;
 };
 
 /**
@@ -179,7 +217,7 @@ export type GenerateRequest = Message<"kakeya.v1.GenerateRequest"> & {
  * Use `create(GenerateRequestSchema)` to create a new message.
  */
 export const GenerateRequestSchema: GenMessage<GenerateRequest> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 5);
+  messageDesc(file_kakeya_v1_runtime, 6);
 
 /**
  * @generated from message kakeya.v1.TokenChunk
@@ -203,7 +241,7 @@ export type TokenChunk = Message<"kakeya.v1.TokenChunk"> & {
  * Use `create(TokenChunkSchema)` to create a new message.
  */
 export const TokenChunkSchema: GenMessage<TokenChunk> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 6);
+  messageDesc(file_kakeya_v1_runtime, 7);
 
 /**
  * @generated from message kakeya.v1.SpeculativeStats
@@ -255,7 +293,7 @@ export type SpeculativeStats = Message<"kakeya.v1.SpeculativeStats"> & {
  * Use `create(SpeculativeStatsSchema)` to create a new message.
  */
 export const SpeculativeStatsSchema: GenMessage<SpeculativeStats> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 7);
+  messageDesc(file_kakeya_v1_runtime, 8);
 
 /**
  * @generated from message kakeya.v1.GenerateDone
@@ -311,7 +349,7 @@ export type GenerateDone = Message<"kakeya.v1.GenerateDone"> & {
  * Use `create(GenerateDoneSchema)` to create a new message.
  */
 export const GenerateDoneSchema: GenMessage<GenerateDone> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 8);
+  messageDesc(file_kakeya_v1_runtime, 9);
 
 /**
  * @generated from message kakeya.v1.GenerateResponse
@@ -340,7 +378,7 @@ export type GenerateResponse = Message<"kakeya.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 9);
+  messageDesc(file_kakeya_v1_runtime, 10);
 
 /**
  * @generated from message kakeya.v1.CloseSessionRequest
@@ -357,7 +395,7 @@ export type CloseSessionRequest = Message<"kakeya.v1.CloseSessionRequest"> & {
  * Use `create(CloseSessionRequestSchema)` to create a new message.
  */
 export const CloseSessionRequestSchema: GenMessage<CloseSessionRequest> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 10);
+  messageDesc(file_kakeya_v1_runtime, 11);
 
 /**
  * @generated from message kakeya.v1.CloseSessionResponse
@@ -370,7 +408,7 @@ export type CloseSessionResponse = Message<"kakeya.v1.CloseSessionResponse"> & {
  * Use `create(CloseSessionResponseSchema)` to create a new message.
  */
 export const CloseSessionResponseSchema: GenMessage<CloseSessionResponse> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 11);
+  messageDesc(file_kakeya_v1_runtime, 12);
 
 /**
  * @generated from message kakeya.v1.GetSessionInfoRequest
@@ -387,7 +425,7 @@ export type GetSessionInfoRequest = Message<"kakeya.v1.GetSessionInfoRequest"> &
  * Use `create(GetSessionInfoRequestSchema)` to create a new message.
  */
 export const GetSessionInfoRequestSchema: GenMessage<GetSessionInfoRequest> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 12);
+  messageDesc(file_kakeya_v1_runtime, 13);
 
 /**
  * @generated from message kakeya.v1.SessionInfo
@@ -439,7 +477,7 @@ export type SessionInfo = Message<"kakeya.v1.SessionInfo"> & {
  * Use `create(SessionInfoSchema)` to create a new message.
  */
 export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
-  messageDesc(file_kakeya_v1_runtime, 13);
+  messageDesc(file_kakeya_v1_runtime, 14);
 
 /**
  * @generated from service kakeya.v1.RuntimeService
