@@ -111,11 +111,12 @@ def test_rewinding_into_evicted_positions_prefills_again(small_loaded):
     assert req.output_ids == reference(small_loaded, edited, 8, WINDOW)
 
 
-def test_batched_rows_keep_their_own_windows(small_loaded, expected):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+def test_batched_rows_keep_their_own_windows(small_loaded, expected, fast):
     """Two windowed requests and a full one decode in one batched forward (right padding, ring
     slots per row): each gets what it gets alone."""
-    llm = fresh_llm(small_loaded, prefix_cache=False)
-    full_alone, _ = run_steps(fresh_llm(small_loaded, prefix_cache=False), SMALL_PROMPT, greedy((0, 0)), PLAIN)
+    llm = fresh_llm(small_loaded, prefix_cache=False, fast_path=fast)
+    full_alone, _ = run_steps(fresh_llm(small_loaded, prefix_cache=False, fast_path=fast), SMALL_PROMPT, greedy((0, 0)), PLAIN)
     longer = SMALL_PROMPT + [40, 1079]
     reqs = [llm.core.add_request(SMALL_PROMPT, greedy(), SpeculativeParams("ngram", 3)),
             llm.core.add_request(longer, greedy(), PLAIN),

@@ -117,7 +117,7 @@ class KVCache:
         self.oldest = max(self.oldest, start + T - (self.capacity - self.window.sink))
         return slots
 
-    def settle(self, like: Optional[torch.Tensor] = None) -> None:
+    def settle(self) -> None:
         """After a step's rollback: give back ring slots beyond WINDOW + headroom (a prefill grew it)."""
         if self.window is not None and self.keys and self.capacity > self.window.sink + self.window.window + self.headroom:
             self._resize(self.window.sink + self.window.window + self.headroom, self.keys[0])

@@ -150,7 +150,9 @@ class Verifier:
         if any(c.window is not None for c in caches):  # row by row, each under its own window mask
             hidden = ids.new_zeros((B, T, self.model.config.hidden_size), dtype=self.model.dtype)
             for b, (cache, start, n) in enumerate(zip(caches, starts, new)):
-                hidden[b, :n] = self._eager_window(ids[b : b + 1, :n], cache, start)[0]
+                row = ids[b : b + 1, :n]
+                out = self._eager(row, [cache], [start], [n]) if cache.window is None else self._eager_window(row, cache, start)
+                hidden[b, :n] = out[0]
             return hidden
         extra = {}
         if B == 1:

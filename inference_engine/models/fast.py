@@ -215,14 +215,15 @@ class FastDecoder:
         masks, slots = [], []
         for cache, start in zip(caches, starts):
             cache.reserve(start + T, x)
-            queries = start + torch.arange(T, device=ids.device)[:, None]  # [T, 1]
             slots.append(None if cache.window is None else cache.place(start, T, ids.device))
             # query t (position start+t) sees keys 0..start+t: one query sees everything cached, a
             # fresh prefill is plain causal (the flash kernel's own mask), otherwise an explicit mask
-            if cache.window is not None:
-                masks.append(cache.window.visible(cache.pos[None, :], queries))  # [T, capacity]
-            elif T == 1 or start == 0:
+            if cache.window is None and (T == 1 or start == 0):
                 masks.append(None)
+                continue
+            queries = start + torch.arange(T, device=ids.device)[:, None]  # [T, 1]
+            if cache.window is not None:  # keys by the position each slot holds
+                masks.append(cache.window.visible(cache.pos[None, :], queries))  # [T, capacity]
             else:
                 masks.append(torch.arange(start + T, device=ids.device)[None, :] <= queries)  # [T, start+T]
         if T == 1 and len(caches) == 1 and not wide and caches[0].window is None:

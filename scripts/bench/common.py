@@ -35,6 +35,21 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None where the bench extra is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+NO_PLOT = "matplotlib is not installed (pip install -e '.[bench]'); no plot"
+
+
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeats):

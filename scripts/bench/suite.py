@@ -41,7 +41,7 @@ import latency  # noqa: E402
 import memory  # noqa: E402
 import shapes  # noqa: E402
 import spec  # noqa: E402
-from common import dram_bandwidth_gbs, environment, first_difference, write_result  # noqa: E402
+from common import NO_PLOT, dram_bandwidth_gbs, environment, first_difference, pyplot, write_result  # noqa: E402
 from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
 
 from inference_engine.config import ModelConfig  # noqa: E402
@@ -119,13 +119,9 @@ def workloads_table(w: dict) -> str:
 
 
 def plot(w: dict, path: Path) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install -e '.[bench]'); no plot"
+    plt = pyplot()
+    if plt is None:
+        return NO_PLOT
     names, cols = list(w["rows"]), w["columns"]
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(cols)
