@@ -175,11 +175,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         say("kakeya cluster serves HTTP only; the gRPC edge stays with `kakeya serve`")
     config = deploy.ClusterConfig(replicas=args.replicas, affinity=not args.no_affinity, ray_address=args.ray_address,
                                   threads_per_replica=args.threads_per_replica)
-    deploy.start(model_config(args), engine_config(args), server_config(args), config)
-    say(f"serving on http://{args.host}:{args.port} with {args.replicas} replicas")
+    deploy.connect(config)
+    # after Ray's own handler (abort), before the deployments: a SIGTERM while they start stops cleanly
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    deploy.start(model_config(args), engine_config(args), server_config(args), config)
+    say(f"serving on http://{args.host}:{args.port} with {args.replicas} replicas")
     stop.wait()
     deploy.stop(config)
     return 0

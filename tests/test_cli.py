@@ -149,7 +149,8 @@ def test_cluster_starts_serves_and_stops(tiny_qwen3_dir, tmp_path):
         assert r.status_code == 200 and r.headers["x-kakeya-replica"] == health["replicas"][0]["id"]
         assert httpx.post(url + "/v1/completions", json={"prompt": "Hi"}).status_code == 401
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0
+        rc = proc.wait(120)
+        assert rc == 0, proc.stdout.read()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()

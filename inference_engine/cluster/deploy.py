@@ -64,10 +64,16 @@ def build(model: ModelConfig, engine: EngineConfig, server: ServerConfig, cluste
     return ingress.bind(engines, server, DIRECTORY, NAMESPACE)
 
 
-def start(model: ModelConfig, engine: EngineConfig, server: ServerConfig, cluster: ClusterConfig) -> None:
-    """Start (or join) Ray, the directory and both deployments; returns once the app is ready."""
+def connect(cluster: ClusterConfig) -> None:
+    """Start (or join) Ray. It installs a SIGTERM handler that aborts with a stack dump: a driver
+    that wants its own must install it after this."""
     if not ray.is_initialized():
         ray.init(address=cluster.ray_address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+
+
+def start(model: ModelConfig, engine: EngineConfig, server: ServerConfig, cluster: ClusterConfig) -> None:
+    """Start (or join) Ray, the directory and both deployments; returns once the app is ready."""
+    connect(cluster)
     directory_actor(DIRECTORY, NAMESPACE, engine.session_ttl)
     serve.start(http_options={"host": server.host, "port": server.port})
     serve.run(build(model, engine, server, cluster), name=cluster.app_name, route_prefix="/")
