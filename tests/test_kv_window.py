@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference_engine.cache.kv_cache import KVWindow
 from inference_engine.types import SamplingParams, SpeculativeParams
 from test_lossless_models import (  # noqa: F401  (fixtures)
     PLAIN, SMALL_PROMPT, add_mix, fresh_llm, run_steps, small_loaded, small_qwen3_dir, taught_variant,
@@ -20,11 +19,11 @@ N = 40  # tokens generated: several windows past the prompt
 
 def reference(loaded, prompt: list[int], n: int, window: tuple[int, int]) -> list[int]:
     """Greedy tokens of the windowed model, recomputing the whole sequence each step (no cache)."""
-    w, model, ids = KVWindow(*window), loaded.model, list(prompt)
+    (sink, width), model, ids = window, loaded.model, list(prompt)
     for _ in range(n):
         L = len(ids)
-        pos = torch.arange(L)
-        allowed = w.visible(pos[None, :], pos[:, None])  # [L, L]
+        key, query = torch.arange(L)[None, :], torch.arange(L)[:, None]
+        allowed = (key <= query) & ((key < sink) | (query - key < width))  # [L, L], written apart from KVWindow
         mask = torch.zeros(L, L, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
         with torch.inference_mode():
             logits = model(input_ids=torch.tensor([ids]), attention_mask=mask[None, None], use_cache=False).logits
@@ -165,15 +164,17 @@ def test_over_http_and_grpc(small_loaded, expected):
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_long_prefill_in_chunks(small_loaded, monkeypatch):
-    """A windowed prompt longer than PREFILL_CHUNK is fed in pieces (the ring stays small); the
-    tokens are still the windowed model's."""
+@pytest.mark.parametrize("chunk", [5, 512])
+def test_long_prefill_in_chunks(small_loaded, monkeypatch, chunk):
+    """A windowed prompt longer than PREFILL_CHUNK is fed in pieces (the ring stays small), or in
+    one forward four times wider than the window (the ring grows for it); either way the tokens
+    are the windowed model's."""
     from inference_engine.engine import verifier
 
-    monkeypatch.setattr(verifier, "PREFILL_CHUNK", 5)
-    prompt = SMALL_PROMPT * 3  # 24 tokens: four chunks and a tail
+    monkeypatch.setattr(verifier, "PREFILL_CHUNK", chunk)
+    prompt = SMALL_PROMPT * 3  # 24 tokens: four chunks and a tail, or one forward
     llm = fresh_llm(small_loaded, prefix_cache=False)
     before = llm.core.verifier.forwards
     out, _ = run_steps(llm, prompt, greedy(n=10), PLAIN)
     assert out == reference(small_loaded, prompt, 10, WINDOW)
-    assert llm.core.verifier.forwards - before >= 10 + 3
+    assert llm.core.verifier.forwards - before == 10 + (4 if chunk == 5 else 0)

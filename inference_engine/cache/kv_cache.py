@@ -77,7 +77,6 @@ class KVCache:
         self.old_k, self.old_v = self.keys, self.values
         self.keys = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
         self.values = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
-        self.graph = None
 
     # -- windowed caches --------------------------------------------------------
 
