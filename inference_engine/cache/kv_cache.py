@@ -63,20 +63,24 @@ class KVCache:
             return self._reserve_window(total, like)
         if total <= self.capacity:
             return
-        cap = -(-max(total, 2 * self.capacity) // GRANULE) * GRANULE
-        self._allocate(cap, like)
-        for new, old in zip((*self.keys, *self.values), (*self.old_k, *self.old_v)):
+        old = self._allocate(self._grown(total), like)
+        for new, old in zip((*self.keys, *self.values), old):
             new[:, :, : self.length] = old[:, :, : self.length]
-        del self.old_k, self.old_v
 
-    def _allocate(self, cap: int, like: torch.Tensor) -> None:
+    def _grown(self, need: int) -> int:
+        """Capacity for `need` positions: at least double the current one, in whole granules."""
+        return -(-max(need, 2 * self.capacity) // GRANULE) * GRANULE
+
+    def _allocate(self, cap: int, like: torch.Tensor) -> list[torch.Tensor]:
+        """New zeroed buffers of `cap` positions; returns the old ones (keys, then values)."""
         c = self.config
         heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         shape = (1, heads, cap, dim)
-        self.old_k, self.old_v = self.keys, self.values
+        old = [*self.keys, *self.values]
         self.keys = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
         self.values = [like.new_zeros(shape) for _ in range(c.num_hidden_layers)]
+        return old
 
     # -- windowed caches --------------------------------------------------------
 
@@ -85,23 +89,21 @@ class KVCache:
         need = min(total, S + W + T - 1)  # everything, until the ring has to wrap
         if need <= self.capacity:
             return
-        grown = -(-max(need, 2 * self.capacity) // GRANULE) * GRANULE
-        self._resize(max(need, min(grown, S + W + self.headroom)), like)
+        self._resize(max(need, min(self._grown(need), S + W + self.headroom)), like)
 
     def _resize(self, cap: int, like: torch.Tensor) -> None:
         """New buffers of `cap` slots; the held positions move to their slots under the new ring."""
         S, old_pos = self.window.sink, self.pos
-        self._allocate(cap, like)
+        old = self._allocate(cap, like)
         self.pos = torch.full((cap,), -1, dtype=torch.long, device=like.device)
         self.oldest = max(self.oldest, self.length - (cap - S))  # what the new ring cannot hold is gone
         if old_pos is not None:
             p = old_pos[(old_pos >= 0) & (old_pos < self.length)]
             held = p[(p < S) | (p >= self.oldest)]
             src, dst = self._slot_of(held, old_pos.numel()), self._slot_of(held, cap)
-            for new, old in zip((*self.keys, *self.values), (*self.old_k, *self.old_v)):
-                new[:, :, dst] = old[:, :, src]
+            for new, buf in zip((*self.keys, *self.values), old):
+                new[:, :, dst] = buf[:, :, src]
             self.pos[dst] = held
-        del self.old_k, self.old_v
 
     def _slot_of(self, positions: torch.Tensor, cap: int) -> torch.Tensor:
         S = self.window.sink
@@ -118,8 +120,11 @@ class KVCache:
 
     def settle(self) -> None:
         """After a step's rollback: give back ring slots beyond WINDOW + headroom (a prefill grew it)."""
-        if self.window is not None and self.keys and self.capacity > self.window.sink + self.window.window + self.headroom:
-            self._resize(self.window.sink + self.window.window + self.headroom, self.keys[0])
+        if self.window is None or not self.keys:
+            return
+        steady = self.window.sink + self.window.window + self.headroom
+        if self.capacity > steady:
+            self._resize(steady, self.keys[0])
 
     def append(self, new: Sequence[KV]) -> None:
         """Write per-layer keys/values [1, Hkv, T, D] at the positions after the valid ones."""

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import SessionBusy, SessionNotFound, TooManySessions
 from ..types import SpecStats
-from .kv_cache import KVCache, KVWindow
+from .kv_cache import KVCache
 
 
 @dataclass(eq=False, slots=True)
@@ -45,7 +45,7 @@ class Session:
     busy: bool = False
     anonymous: bool = False  # a prefix-cache entry, not a client's session
     tenant: str = ""         # the API key (hashed) that owns it
-    kv_window: Optional[KVWindow] = None  # its requests' default KV window (gRPC CreateSession)
+    kv_window: Optional[tuple[int, int]] = None  # its requests' default (sink, window) (gRPC CreateSession); (0, 0): full
 
     @property
     def kv_length(self) -> int:
@@ -84,7 +84,7 @@ class SessionStore:
     # -- client sessions -------------------------------------------------------
 
     def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None,
-               tenant: str = "", kv_window: Optional[KVWindow] = None) -> Session:
+               tenant: str = "", kv_window: Optional[tuple[int, int]] = None) -> Session:
         with self._lock:
             self.expire()
             if self.num_sessions >= self.max_sessions:

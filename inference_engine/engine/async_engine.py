@@ -22,7 +22,6 @@ from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, SessionN
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
 from .llm import LLM
 from .request_stream import RequestStream, SessionInfo, _Stream
-from ..cache.kv_cache import KVWindow
 from .validation import Limits, check_kv_window, check_token_ids
 
 log = logging.getLogger(__name__)
@@ -300,11 +299,9 @@ class AsyncEngine:
             if len(eos_ids) > MAX_EOS_IDS:
                 raise InvalidRequest(f"{len(eos_ids)} eos_token_ids; at most {MAX_EOS_IDS}", "eos_token_ids")
             check_token_ids(eos_ids, self.core.vocab_size, "eos_token_ids")
-            window = None
             if kv_window is not None:
                 check_kv_window(kv_window, self.core.max_context)
-                window = KVWindow(*kv_window) if kv_window[1] else KVWindow(0, 0)  # (0, 0): full, whatever the server's
-            s = self.core.sessions.create(list(eos_ids), label, session_id, tenant, window)
+            s = self.core.sessions.create(list(eos_ids), label, session_id, tenant, kv_window)
             return self._info(s.session_id, tenant)
 
         return await self._job(job)

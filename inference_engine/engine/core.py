@@ -109,8 +109,8 @@ class EngineCore:
     def _kv_window(self, sampling: SamplingParams, session) -> Optional[KVWindow]:
         """The request's own window, else its session's, else the server's; (0, 0) or None: full."""
         w = sampling.kv_window
-        if w is None and session is not None and session.kv_window is not None:  # window 0: full
-            w = (session.kv_window.sink, session.kv_window.window)
+        if w is None and session is not None:
+            w = session.kv_window
         w = self.config.kv_window if w is None else w
         return KVWindow(*w) if w and w[1] else None
 

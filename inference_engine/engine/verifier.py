@@ -16,11 +16,9 @@ import logging
 from typing import Optional, Sequence
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from kv_cache_proposer.base import Draft
-
-from transformers import DynamicCache
 
 from ..cache.kv_cache import KVCache, KVWindow, stack_left_padded, to_dynamic
 from ..models.fast import FastDecoder, unsupported_reason

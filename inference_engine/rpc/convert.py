@@ -1,6 +1,8 @@
 """Protobuf ⇄ core dataclasses, converted once at the edge (from_pb / to_pb)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ..engine.async_engine import SessionInfo
 from ..errors import InvalidRequest
 from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
@@ -16,12 +18,13 @@ def sampling_from_pb(req: pb.GenerateRequest) -> SamplingParams:
         top_k=req.top_k if req.HasField("top_k") else 0,
         top_p=req.top_p if req.HasField("top_p") else 1.0,
         seed=req.seed if req.HasField("seed") else None,
-        kv_window=kv_window_from_pb(req.kv_window) if req.HasField("kv_window") else None,
+        kv_window=kv_window_from_pb(req),
     )
 
 
-def kv_window_from_pb(w: pb.KVWindow) -> tuple[int, int]:
-    return (w.sink, w.window)
+def kv_window_from_pb(msg) -> Optional[tuple[int, int]]:
+    """(sink, window) of a request's `kv_window` field; None where it is unset."""
+    return (msg.kv_window.sink, msg.kv_window.window) if msg.HasField("kv_window") else None
 
 
 def spec_from_pb(opt: pb.SpeculativeOptions, default: SpeculativeParams) -> SpeculativeParams:

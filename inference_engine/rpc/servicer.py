@@ -21,9 +21,8 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         self.engine = engine  # raises EngineDead while the model loads, after a failure, or while draining
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
-        window = kv_window_from_pb(request.kv_window) if request.HasField("kv_window") else None
         s = await self.engine().create_session(list(request.eos_token_ids), request.client_label, TENANT.get(),
-                                               kv_window=window)
+                                               kv_window=kv_window_from_pb(request))
         return pb.CreateSessionResponse(session_id=s.session_id)
 
     async def AppendTokens(self, request: pb.AppendTokensRequest, context) -> pb.AppendTokensResponse:
