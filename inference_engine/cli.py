@@ -22,8 +22,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_env("MODEL"), help="HF id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=_env("DEVICE", "auto"), choices=["auto", "cpu", "mps", "cuda"])
     p.add_argument("--dtype", default=_env("DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--quantization", default=_env("QUANTIZATION", "none"), choices=["none", "int8", "int4"],
-                   help="weight-only quantization on CPU (torch packed kernels); activations keep --dtype")
+    p.add_argument("--quantization", default=_env("QUANTIZATION", "auto"), choices=["auto", "none", "int8", "int4", "gguf"],
+                   help="weights on CPU: gguf = the GGUF's own Q4/Q8_0 blocks on Kakeya's native kernels (float32 "
+                        "activations, exact speculation); int8/int4 = torch's packed kernels (activations keep "
+                        "--dtype); auto (default) = gguf for a GGUF file on CPU where the kernels build, else none")
     p.add_argument("--verify-weights", default=_env("VERIFY_WEIGHTS", "auto"), choices=["auto", "same", "bf16"],
                    help="with --quantization and bfloat16: verify/prefill on a bfloat16 copy of the weights "
                         "(bf16), on the quantized ones (same), or whichever start-up timing finds cheaper (auto)")

@@ -13,7 +13,7 @@ class ModelConfig:
     device: str = "auto"         # auto | cpu | mps | cuda
     dtype: str = "auto"          # auto | float32 | bfloat16 | float16
     cache_dir: Optional[str] = None  # GGUF→safetensors conversions; None = user cache dir
-    quantization: str = "none"       # none | int8 | int4: weight-only, CPU packed kernels
+    quantization: str = "auto"       # auto | none | int8 | int4 (torch's packed kernels) | gguf (GGUF blocks, native kernels)
     verify_weights: str = "auto"     # auto | same | bf16: bfloat16 copy for verify/prefill of a quantized model
 
 

@@ -78,9 +78,13 @@ async def serve(config: ServerConfig, build: Callable[[], AsyncEngine]) -> int:
         state.attach(engine)
         if grpc_server is not None:
             asyncio.ensure_future(grpc_server.refresh_health())
-        info = engine.info
+        asyncio.ensure_future(announce(engine))
+
+    async def announce(engine: AsyncEngine) -> None:  # which configuration is live, and why
+        info, path = engine.info, (await engine.health())["decode_path"]
         grpc_note = f" and grpc {config.host}:{config.grpc_port}" if grpc_server else ""
-        say(f"serving {info.name} on {info.device} ({info.dtype}) at http://{config.host}:{config.port}/v1{grpc_note}")
+        say(f"serving {info.name} on {info.device} ({info.dtype}; weights {info.quantization}: {info.quantization_reason}; "
+            f"decode path {path}) at http://{config.host}:{config.port}/v1{grpc_note}")
 
     def load() -> None:  # both edges answer "unavailable" until this finishes
         try:

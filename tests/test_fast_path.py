@@ -48,10 +48,10 @@ def test_fast_logits_match_eager(tiny_loaded):
 
 
 @pytest.mark.real_model
-def test_fast_equals_eager_smollm2(smol_loaded):
+def test_fast_equals_eager_smollm2(smol_float):
     """A trained Llama: the two paths agree token for token in float32."""
-    ids = smol_loaded.tokenizer("The history of the lighthouse begins")["input_ids"]
-    assert _generate(smol_loaded, True, ids, 32) == _generate(smol_loaded, False, ids, 32)
+    ids = smol_float.tokenizer("The history of the lighthouse begins")["input_ids"]
+    assert _generate(smol_float, True, ids, 32) == _generate(smol_float, False, ids, 32)
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -108,6 +108,26 @@ def test_compiled_step_equals_eager_and_swaps_in(tiny_loaded):
     spec = llm.generate(PROMPT, long, SpeculativeParams("suffix", 4))
     assert spec.token_ids == _generate(tiny_loaded, False, n=80)
     assert spec.spec.accepted_tokens > 0 and v.fast.step.calls > before
+
+
+def test_compiled_step_survives_prefix_hits_and_sessions(tiny_loaded):
+    """Issue 24: the compiled step once switched itself off for good at the first prefix-cache hit
+    (the prefix's KV copy, made outside inference mode, failed the graph's dispatch-key guard).
+    A prefix hit and a second session turn must both run on the compiled step."""
+    llm = LLM(tiny_loaded, EngineConfig(compile=True))
+    v, sp = llm.core.verifier, SamplingParams(max_tokens=10, ignore_eos=True)
+    assert v.fast.step.wait(600) == "compiled"
+    first = llm.generate(PROMPT, sp, PLAIN)
+    before = v.fast.step.calls
+    hit = llm.generate(PROMPT + first.token_ids[:3], sp, PLAIN)  # the prefix cache holds PROMPT + first
+    assert hit.usage.cached_tokens >= len(PROMPT) and v.path == "compiled" and v.fast.step.calls - before >= 9
+    sid = llm.core.sessions.create().session_id
+    turn1 = llm.generate(PROMPT, sp, PLAIN, session_id=sid)
+    before = v.fast.step.calls
+    turn2 = llm.generate(PROMPT + turn1.token_ids + [198, 9707], sp, PLAIN, session_id=sid)
+    assert turn2.usage.cached_tokens >= len(PROMPT) and v.path == "compiled" and v.fast.step.calls - before >= 9
+    eager = LLM(tiny_loaded, EngineConfig(fast_path=False, prefix_cache=False))
+    assert turn2.token_ids == eager.generate(PROMPT + turn1.token_ids + [198, 9707], sp, PLAIN).token_ids
 
 
 def test_compiled_step_on_int4_with_verify_weights_auto(tiny_qwen3_dir):

@@ -121,12 +121,12 @@ def test_smollm2_int8_still_knows_paris(tmp_path):
 
 
 @pytest.mark.real_model
-def test_gguf_q4_1_blocks_served_as_they_are(smol_loaded):
+def test_gguf_q4_1_blocks_served_as_they_are(smol_float):
     """int4 on the GGUF keeps the file's Q4_1 blocks: every decoder layer's effective weight equals
     the weight transformers dequantizes from the same blocks (fp32 rounding of m + 8·d aside), and
     the answer is unchanged in substance."""
     loaded = load_model(ModelConfig(device="cpu", dtype="float32", quantization="int4"))
-    floats = dict(smol_loaded.model.named_modules())
+    floats = dict(smol_float.model.named_modules())
     layers = [(n, m) for n, m in loaded.model.named_modules() if isinstance(m, Int4Linear) and ".layers." in n]
     assert len(layers) == 30 * 7
     for name, layer in layers[:14] + layers[-7:]:  # first two and last layer: q/k (permuted), v, o, mlp

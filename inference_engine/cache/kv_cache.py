@@ -146,8 +146,10 @@ class KVCache:
         self.length -= n
         return n
 
+    @torch.inference_mode()
     def clone_prefix(self, n: int) -> "KVCache":
-        """A new cache holding copies of the first `n` positions (this one is left as it is)."""
+        """A new cache holding copies of the first `n` positions (this one is left as it is). Made
+        in inference mode like every other KV buffer: a compiled step guards on the dispatch keys."""
         return KVCache(self.config, [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in self.layers()])
 
     def layers(self) -> list[KV]:

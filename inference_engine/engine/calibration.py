@@ -63,7 +63,7 @@ def cpu_model() -> str:
 
 def weight_format(model: torch.nn.Module) -> str:
     """dtype, plus the packed kernel class when the linear layers are quantized."""
-    kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Int4Linear", "Int8Linear")})
+    kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Int4Linear", "Int8Linear", "BlockLinear")})
     return "+".join([str(model.dtype).removeprefix("torch."), *kinds])
 
 

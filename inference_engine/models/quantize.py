@@ -18,7 +18,9 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-METHODS = ("none", "int8", "int4")
+from .block_linear import BlockLinear
+
+METHODS = ("none", "int8", "int4")  # torch's packed kernels; "gguf" (block_linear.py) is the loader's
 
 
 def _restore(layer: nn.Module, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -153,9 +155,10 @@ def _cat(tensors: list[Optional[torch.Tensor]], dim: int = 0) -> Optional[torch.
 
 def fusable(layers: list[nn.Module]) -> bool:
     kind = type(layers[0])
-    return kind in (nn.Linear, Int8Linear, Int4Linear) and all(type(m) is kind for m in layers) \
+    return kind in (nn.Linear, Int8Linear, Int4Linear, BlockLinear) and all(type(m) is kind for m in layers) \
         and len({m.bias is None for m in layers}) == 1 \
-        and (kind is not Int4Linear or len({m.group_size for m in layers}) == 1)
+        and (kind is not Int4Linear or len({m.group_size for m in layers}) == 1) \
+        and (kind is not BlockLinear or len({m.bits for m in layers}) == 1)
 
 
 @torch.inference_mode()
@@ -182,6 +185,8 @@ def _fuse(layers: list[nn.Module]) -> Optional[nn.Module]:
     bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
     if kind is Int4Linear:
         return _fuse_int4(layers, bias)
+    if kind is BlockLinear:
+        return BlockLinear.fuse(layers)
     fused = copy.copy(layers[0])  # same class and attributes; the tensors are replaced below
     fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
     fused.out_features, fused.bias = sum(m.out_features for m in layers), bias

@@ -1,0 +1,130 @@
+"""Issue 24: the server's defaults against llama.cpp on the same GGUF, side by side in one run.
+
+Kakeya runs exactly what `kakeya serve` builds with no flags (its parser's defaults, on-disk caches included):
+plain decoding (method none) and its default speculation, warm (one engine for every request)
+and cold (a fresh engine per request: no prefix cache, suffix index or controller history).
+llama.cpp (llama-cpp-python, scripts/bench/install_llama_cpp.sh) decodes the same prompts
+greedily from the same file, each with a cold prefill. Prompts are generated outside the repo's
+workloads (workloads/generated.py, seeded). Prefill is included; tok/s = new tokens ÷ seconds.
+Peak RSS of both processes (VmHWM) is read at the end.
+
+    .venv/bin/python scripts/bench/vs_llama.py --prompts 12 --seed 2424 --max-tokens 192
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, write_result  # noqa: E402
+from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
+from workloads import generated  # noqa: E402
+
+from inference_engine.cli import build_parser, engine_config, model_config  # noqa: E402
+from inference_engine.engine.llm import LLM  # noqa: E402
+from inference_engine.models import load_model  # noqa: E402
+from inference_engine.models.loader import gguf_file  # noqa: E402
+from inference_engine.tokenizer import apply_chat_template  # noqa: E402
+from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
+
+OPEN_KINDS = ("open",)  # the rest (copy, quote, reformat, summarise) are copy-heavy
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(args) -> dict:
+    serve = build_parser().parse_args(["serve"])  # exactly what `kakeya serve` builds with no flags
+    loaded, config = load_model(model_config(serve)), engine_config(serve)
+    info = loaded.info
+    default_spec = config.speculative
+    # plain decoding on its own engine, so the warm engine's suffix index never holds the answer
+    # it is about to give; both warmed up on a prompt outside the set (first-call costs, the
+    # verify-cost calibration, which then sits in the on-disk cache that cold engines read)
+    plain_llm, warm = LLM(loaded, config), LLM(loaded, config)
+    warmup = apply_chat_template(warm.tokenizer, [{"role": "user", "content": "Say hello."}])
+    for llm, spec in ((plain_llm, SpeculativeParams("none", 0)), (warm, default_spec)):
+        llm.generate(warmup, SamplingParams(max_tokens=8, temperature=0.0), spec)
+    # half open-ended, half taken in turn from the copy-heavy kinds
+    per_kind = {wl["name"].removeprefix("gen_"): wl["requests"] for wl in generated.generate(args.prompts, args.seed)}
+    copy_kinds = [k for k in generated.KINDS if k not in OPEN_KINDS]
+    requests = [dict(r, kind="open") for r in per_kind["open"][: args.prompts // 2]]
+    requests += [dict(per_kind[k][i // len(copy_kinds)], kind=k)
+                 for i, k in zip(range(args.prompts - len(requests)), copy_kinds * args.prompts)]
+    peer = LlamaCppPeer(gguf_file(None))
+    sp = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+    rows = []
+    for i, req in enumerate(requests):
+        ids = apply_chat_template(warm.tokenizer, req["messages"]) + warm.tokenizer.encode(req["prefix"], add_special_tokens=False)
+        row = {"kind": req["kind"], "prompt_tokens": len(ids)}
+        for name, spec, engine in (("plain", SpeculativeParams("none", 0), plain_llm),
+                                   ("auto_cold", default_spec, None), ("auto_warm", default_spec, warm)):
+            llm = engine or LLM(loaded, config)
+            t0 = time.perf_counter()
+            out = llm.generate(ids, sp, spec)
+            row[name] = {"tok_s": len(out.token_ids) / (time.perf_counter() - t0), "tokens": len(out.token_ids)}
+            row[name + "_ids"] = out.token_ids
+        ref, secs = peer.generate(ids, args.max_tokens, stop=list(info.eos_ids), fresh=True)
+        row["llama_cpp"] = {"tok_s": len(ref) / secs, "tokens": len(ref)}
+        row["auto_equals_plain"] = row["auto_cold_ids"] == row["plain_ids"] and row["auto_warm_ids"] == row["plain_ids"]
+        row["plain_equals_llama_cpp"] = row["plain_ids"] == ref
+        for k in ("plain_ids", "auto_cold_ids", "auto_warm_ids"):
+            row.pop(k)
+        rows.append(row)
+        print(f"[{i + 1}/{len(requests)}] {row['kind']:9s} plain {row['plain']['tok_s']:6.1f}  auto cold "
+              f"{row['auto_cold']['tok_s']:6.1f} warm {row['auto_warm']['tok_s']:6.1f}  llama.cpp "
+              f"{row['llama_cpp']['tok_s']:6.1f} tok/s  exact={row['auto_equals_plain']}", flush=True)
+    rss = {"kakeya_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "llama_cpp_mb": peak_rss_mb(peer.proc.pid)}
+    peer.close()
+    return {"model": info.name, "quantization": info.quantization, "dtype": info.dtype,
+            "path": warm.core.verifier.path, "rows": rows, "peak_rss": rss}
+
+
+def summary(result: dict) -> dict:
+    def ratios(key, kinds_open):
+        r = [row[key]["tok_s"] / row["llama_cpp"]["tok_s"] for row in result["rows"] if (row["kind"] in OPEN_KINDS) == kinds_open]
+        return [round(min(r), 2), round(max(r), 2), round(statistics.median(r), 2)] if r else None
+    own = [row["auto_cold"]["tok_s"] / row["plain"]["tok_s"] for row in result["rows"]]
+    return {
+        "plain_vs_llama_cpp": {"open": ratios("plain", True), "copy": ratios("plain", False)},
+        "auto_cold_vs_llama_cpp": {"open": ratios("auto_cold", True), "copy": ratios("auto_cold", False)},
+        "auto_warm_vs_llama_cpp": {"open": ratios("auto_warm", True), "copy": ratios("auto_warm", False)},
+        "auto_cold_vs_own_plain_min": round(min(own), 2),
+        "exact": sum(row["auto_equals_plain"] for row in result["rows"]),
+        "requests": len(result["rows"]),
+        "peak_rss_ratio": round(result["peak_rss"]["kakeya_mb"] / result["peak_rss"]["llama_cpp_mb"], 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=2424)
+    ap.add_argument("--max-tokens", type=int, default=192)
+    ap.add_argument("--out", default="vs_llama")
+    args = ap.parse_args()
+    if missing_reason():
+        sys.exit(missing_reason())
+    gc.collect()
+    result = run(args)
+    result["summary"] = summary(result)
+    result["environment"] = environment()
+    result["args"] = vars(args)
+    print(result["summary"])
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

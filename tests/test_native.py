@@ -1,0 +1,239 @@
+"""The native CPU step (models/csrc/native.cpp) against references that share no code with it.
+
+- Linear layers: ggml's documented block formats written out in numpy, float64 (Q4_1 w = d·q + m,
+  nibble j low / j + 16 high; Q8_0 w = d·q; with AVX512-VNNI the activations are quantized as
+  ggml's Q8 blocks, x ≈ dx·round(x / dx), dx = amax / 127, and the integer sums are exact).
+- The whole decoder: a numpy forward of the transformers architecture (RMSNorm, rotary, GQA
+  attention, SwiGLU), no KV cache, its linear layers through the formula above.
+- Row independence, the property speculation's exactness rests on: a row's bits must not
+  depend on how many rows share the call (f(x[:1]) == f(x)[:1]), nor a token's on whether it
+  was decoded alone, verified among drafts, prefilled with its prompt or batched.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inference_engine.cache.kv_cache import KVCache
+from inference_engine.config import EngineConfig, ModelConfig
+from inference_engine.engine.llm import LLM
+from inference_engine.engine.verifier import Verifier
+from inference_engine.models import load_model, native
+from inference_engine.models.block_linear import BlockLinear, pack_nibbles
+from inference_engine.types import SamplingParams, SpeculativeParams
+
+ext = native.extension()
+pytestmark = pytest.mark.skipif(ext is None, reason=f"native kernels unavailable: {native.error()}")
+
+
+# -- the reference formulas ---------------------------------------------------------------------
+
+def ref_codes(layer: BlockLinear) -> np.ndarray:
+    """[N, K] integer codes, unpacked from ggml's byte layout by hand."""
+    qs = layer.qs.numpy()
+    if layer.bits == 8:
+        return qs.astype(np.int64)
+    N = qs.shape[0]
+    b = qs.reshape(N, -1, 16).astype(np.int64)  # [N, G, 16]
+    return np.concatenate([b & 15, b >> 4], axis=-1).reshape(N, -1)
+
+
+def ref_linear(x: np.ndarray, layer: BlockLinear) -> np.ndarray:
+    """y [M, N] float64 for x [M, K] float32, as the kernel in use defines it."""
+    codes = ref_codes(layer)
+    N, K = codes.shape
+    d = layer.d.numpy().astype(np.float64)
+    m = layer.m.numpy().astype(np.float64) if layer.bits == 4 else np.zeros_like(d)
+    if ext.activation_format(K) == "f32":
+        w = (codes.reshape(N, -1, 32) * d[..., None] + m[..., None]).reshape(N, K)
+        return x.astype(np.float64) @ w.T
+    xb = x.astype(np.float32).reshape(x.shape[0], -1, 32)  # [M, G, 32]
+    amax = np.abs(xb).max(-1)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
+    qx = np.rint((xb * inv[..., None]).astype(np.float32)).astype(np.int64)
+    dx = (amax / np.float32(127)).astype(np.float64)  # [M, G]
+    isum = np.einsum("ngj,mgj->mng", codes.reshape(N, -1, 32), qx)  # exact integers
+    return (isum * d[None] * dx[:, None]).sum(-1) + ((m[None] * (dx * qx.sum(-1))[:, None]).sum(-1))
+
+
+def random_layer(N: int, K: int, bits: int, seed: int = 0) -> BlockLinear:
+    g = torch.Generator().manual_seed(seed)
+    G = K // 32
+    d = torch.rand(N, G, generator=g) * 0.05 + 0.001
+    if bits == 8:
+        return BlockLinear(torch.randint(-128, 128, (N, K), generator=g).to(torch.int8), d, None)
+    return BlockLinear.q4(torch.randint(0, 16, (N, K), generator=g), d, -torch.rand(N, G, generator=g) * 0.2)
+
+
+# -- linear layers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("N,K", [(64, 64), (70, 192), (33, 96)])  # a partial row tile; K = 96: 3 blocks
+def test_block_linear_matches_the_ggml_formula(bits, N, K):
+    layer = random_layer(N, K, bits)
+    x = torch.randn(9, K, generator=torch.Generator().manual_seed(1))
+    y = layer(x).numpy().astype(np.float64)
+    ref = ref_linear(x.numpy(), layer)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_nibble_order_is_ggml_s():
+    """Byte j of a block holds weight j (low nibble) and weight j + 16 (high nibble)."""
+    codes = torch.arange(32).remainder(16)[None].repeat(2, 1)  # weights 0..15, 0..15
+    codes[1] = torch.tensor([3] * 16 + [12] * 16)
+    qs = pack_nibbles(codes)
+    assert qs[0].tolist() == [j | (j << 4) for j in range(16)]
+    assert qs[1].tolist() == [3 | (12 << 4)] * 16
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_row_is_the_same_however_many_rows_share_the_call(bits):
+    layer = random_layer(132, 256, bits, seed=3)
+    x = torch.randn(17, 256, generator=torch.Generator().manual_seed(4))
+    whole = layer(x)
+    for rows in (slice(0, 1), slice(0, 2), slice(3, 4), slice(5, 14), slice(16, 17)):
+        assert torch.equal(layer(x[rows]), whole[rows]), rows
+
+
+def test_fused_layers_compute_what_the_separate_ones_did():
+    parts = [random_layer(n, 128, 4, seed=s) for s, n in enumerate((64, 32, 32))]
+    x = torch.randn(3, 128)
+    before = torch.cat([p(x) for p in parts], dim=-1)
+    fused = BlockLinear.fuse(parts)
+    assert torch.equal(fused(x), before)
+    assert torch.equal(torch.cat([p(x) for p in parts], dim=-1), before)  # the originals are views now
+    assert parts[1].qs.data_ptr() == fused.qs[64:].data_ptr()
+
+
+def test_from_linear_round_trips_within_a_quantum():
+    lin = torch.nn.Linear(128, 40, bias=False)
+    for bits in (4, 8):
+        q = BlockLinear.from_linear(lin, bits)
+        codes = ref_codes(q).reshape(40, -1, 32)
+        m = q.m.numpy() if bits == 4 else 0.0
+        w = (codes * q.d.numpy()[..., None] + (m[..., None] if bits == 4 else 0)).reshape(40, 128)
+        step = np.repeat(q.d.numpy(), 32, axis=1)
+        assert np.all(np.abs(w - lin.weight.detach().numpy()) <= 0.51 * step + 1e-7)
+
+
+# -- the whole decoder ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_qwen3_dir):
+    """The tiny Qwen3 on the default CPU configuration: blocks (4-bit layers, 8-bit head), native step."""
+    loaded = load_model(ModelConfig(model=str(tiny_qwen3_dir), device="cpu", dtype="float32", quantization="gguf"))
+    assert loaded.info.quantization == "gguf"
+    return loaded
+
+
+def ref_logits(model, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] of the transformers architecture in numpy, every position recomputed."""
+    c, inner = model.config, model.model
+    Hq, Hkv, D, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
+    f32 = lambda t: t.detach().float().numpy()  # noqa: E731
+
+    def rms(x, w):
+        x32 = x.astype(np.float32)
+        return f32(w) * (x32 / np.sqrt((x32.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps)).astype(np.float32)
+
+    T = len(ids)
+    inv = 1.0 / (c.rope_parameters["rope_theta"] ** (np.arange(0, D, 2) / D))
+    ang = np.arange(T)[:, None] * inv[None]
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))  # [T, D]
+    rot = lambda x: x * cos[:, None] + np.concatenate([-x[..., D // 2:], x[..., : D // 2]], -1) * sin[:, None]  # noqa: E731
+    x = f32(inner.embed_tokens.weight)[ids]
+    for layer in inner.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        h = rms(x, layer.input_layernorm.weight)
+        q = ref_linear(h, a.q_proj).reshape(T, Hq, D)
+        k = ref_linear(h, a.k_proj).reshape(T, Hkv, D)
+        v = ref_linear(h, a.v_proj).reshape(T, Hkv, D)
+        q, k = rot(rms(q, a.q_norm.weight)), rot(rms(k, a.k_norm.weight))
+        k, v = np.repeat(k, Hq // Hkv, axis=1), np.repeat(v, Hq // Hkv, axis=1)
+        s = np.einsum("thd,uhd->htu", q, k) / np.sqrt(D)
+        s = np.where(np.tril(np.ones((T, T), bool))[None], s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        attn = np.einsum("htu,uhd->thd", p / p.sum(-1, keepdims=True), v).reshape(T, Hq * D)
+        x = x + ref_linear(attn.astype(np.float32), a.o_proj)
+        h = rms(x, layer.post_attention_layernorm.weight)
+        g, u = ref_linear(h, mlp.gate_proj), ref_linear(h, mlp.up_proj)
+        x = x + ref_linear((g / (1 + np.exp(-g)) * u).astype(np.float32), mlp.down_proj)
+    return ref_linear(rms(x, inner.norm.weight), model.lm_head)
+
+
+PROMPT = [151644, 872, 198, 9707, 11, 1879, 0, 4340, 525, 498, 30, 151645, 198, 151644, 77091, 198]
+
+
+def test_decoder_matches_the_numpy_reference(tiny_gguf):
+    v = Verifier(tiny_gguf.model)
+    assert v.path == "native"
+    logits = v.forward(v.new_cache(), PROMPT, len(PROMPT)).numpy()
+    ref = ref_logits(tiny_gguf.model, PROMPT)
+    assert np.abs(logits - ref).max() <= 2e-2 * np.abs(ref).max()
+    assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_a_token_is_the_same_alone_verified_prefilled_or_batched(tiny_gguf):
+    """Hidden states of the same positions, bit for bit: one prefill of the whole prompt, the
+    prompt in chunks of 1 and 5 (decode steps and verifies), and batched beside another row."""
+    v = Verifier(tiny_gguf.model)
+    whole = v.forward(v.new_cache(), PROMPT, len(PROMPT))
+    for chunk in (1, 5):
+        cache, parts = v.new_cache(), []
+        for i in range(0, len(PROMPT), chunk):
+            parts.append(v.forward(cache, PROMPT[i : i + chunk], len(PROMPT[i : i + chunk])))
+        assert torch.equal(torch.cat(parts), whole), chunk
+    a, b = v.new_cache(), v.new_cache()
+    v.forward(a, PROMPT[:10], 1)
+    v.forward(b, PROMPT[:3], 1)
+    batched = v.forward_batch([a, b], [PROMPT[10:13], PROMPT[3:10]], [3, 7])
+    assert torch.equal(batched[0], whole[10:13]) and torch.equal(batched[1], whole[3:10])
+
+
+def test_plain_decoding_is_the_reference_s_argmax(tiny_gguf):
+    plain = LLM(tiny_gguf).generate(PROMPT, SamplingParams(max_tokens=12, ignore_eos=True), SpeculativeParams("none", 0))
+    ref = [int(ref_logits(tiny_gguf.model, PROMPT + plain.token_ids[:i])[-1].argmax()) for i in (0, 5, 11)]
+    assert ref == [plain.token_ids[i] for i in (0, 5, 11)]
+
+
+# ngram drafts only from repeats: three tokens lifted far above the rest make the model repeat itself
+ALPHABET = SamplingParams(max_tokens=40, ignore_eos=True, logit_bias=tuple((t, 30.0) for t in (538, 818, 1195)))
+
+
+@pytest.mark.parametrize("method,k", [("ngram", 3), ("suffix", 8), ("draft", 4), ("auto", 8)])
+def test_default_configuration_speculation_equals_plain(tiny_gguf, method, k):
+    """In the fast default configuration, not only in float32: every proposer's greedy output is
+    plain decoding's, token for token, with drafts accepted and (but for the draft model, which
+    is the verifier itself here) rejected."""
+    sp = ALPHABET if method == "ngram" else SamplingParams(max_tokens=40, ignore_eos=True)
+    plain = LLM(tiny_gguf).generate(PROMPT, sp, SpeculativeParams("none", 0)).token_ids
+    llm = LLM(tiny_gguf, EngineConfig(cost_curve=(1.0,) * 17, prefix_cache=False),
+              draft=tiny_gguf if method == "draft" else None)
+    if method in ("suffix", "auto"):  # drafts that run right for a while, then wrong: every 6th token off
+        llm.core.suffix.add_sequence(PROMPT + [t if i % 6 != 5 else (t + 1) % 1000 for i, t in enumerate(plain)])
+    out = llm.generate(PROMPT, sp, SpeculativeParams(method, k))
+    assert out.token_ids == plain
+    assert out.spec.accepted_tokens > 0
+    if method != "draft":
+        assert out.spec.accepted_tokens < out.spec.draft_tokens
+
+
+def test_kv_is_rolled_back_by_length_only(tiny_gguf):
+    """A rejected draft leaves stale keys past `length`; the next step overwrites them by position."""
+    v = Verifier(tiny_gguf.model)
+    ref = v.forward(v.new_cache(), PROMPT, len(PROMPT))
+    cache = v.new_cache()
+    v.forward(cache, PROMPT[:8], 1)
+    v.forward(cache, [5, 6, 7, 8], 4)  # a draft that is rejected whole
+    cache.trim(4)
+    assert torch.equal(v.forward(cache, PROMPT[8:], len(PROMPT) - 8), ref[8:])
+
+
+def test_default_server_configuration_on_a_gguf_is_native(smol_loaded):
+    """`kakeya serve` with no flags on the embedded GGUF: its own blocks on the native step."""
+    info = smol_loaded.info
+    assert (info.quantization, info.dtype) == ("gguf", "float32") and "GGUF" in info.quantization_reason
+    assert Verifier(smol_loaded.model).path == "native"
+    cache = KVCache(smol_loaded.model.config)
+    assert Verifier(smol_loaded.model).forward(cache, [1, 2, 3], 1).shape == (1, smol_loaded.info.vocab_size)
