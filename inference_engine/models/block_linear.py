@@ -2,7 +2,7 @@
 
 A GGUF file's Q4_1 block is w = d · q + m with q ∈ [0, 15] (Q4_0 is the same with m = −8d), its
 Q8_0 block w = d · q with q ∈ [−128, 127]; both are kept exactly as the file stores them (d and
-m widened from float16 to float32), so Kakeya multiplies by the very weights llama.cpp does.
+m in float16), so Kakeya multiplies by the very weights llama.cpp does.
 The kernel (csrc/native.cpp) computes each output as one fixed chain over K in float32: a row's
 result is the same whatever the number of rows, which keeps speculation exact.
 """
@@ -27,7 +27,7 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 
 class BlockLinear(nn.Module):
-    """qs: uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit); d, m: float32 [N, K/32] (m empty for 8-bit)."""
+    """qs: uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit); d, m: float16 [N, K/32] (m empty for 8-bit)."""
 
     def __init__(self, qs: torch.Tensor, d: torch.Tensor, m: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None):
         super().__init__()
@@ -35,8 +35,8 @@ class BlockLinear(nn.Module):
         self.out_features = qs.shape[0]
         self.in_features = qs.shape[1] * (2 if self.bits == 4 else 1)
         self.register_buffer("qs", qs.contiguous())
-        self.register_buffer("d", d.float().contiguous())
-        self.register_buffer("m", (m if m is not None else torch.zeros(0)).float().contiguous())
+        self.register_buffer("d", d.half().contiguous())  # float16, as ggml stores block scales
+        self.register_buffer("m", (m if m is not None else torch.zeros(0)).half().contiguous())
         self.bias = bias
 
     @classmethod
@@ -50,11 +50,11 @@ class BlockLinear(nn.Module):
         N, K = w.shape
         groups = w.reshape(N, K // BLOCK, BLOCK)
         if bits == 8:
-            d = groups.abs().amax(-1).clamp(min=1e-12) / 127.0  # [N, G]
+            d = (groups.abs().amax(-1).clamp(min=1e-12) / 127.0).half().float()  # [N, G], as stored
             q = torch.round(groups / d[..., None]).clamp(-128, 127).to(torch.int8).reshape(N, K)
             return cls(q, d, None, linear.bias)
-        lo, hi = groups.amin(-1), groups.amax(-1)
-        d = ((hi - lo) / 15.0).clamp(min=1e-12)
+        lo, hi = groups.amin(-1).half().float(), groups.amax(-1)  # codes against the scales as stored
+        d = ((hi - lo) / 15.0).clamp(min=1e-12).half().float()
         codes = torch.round((groups - lo[..., None]) / d[..., None]).clamp(0, 15).reshape(N, K)
         return cls.q4(codes, d, lo, linear.bias)
 

@@ -84,10 +84,10 @@ def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) ->
         return load_file(cache)
     out = {}
     for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items():
-        out.update({f"{name}.qs": pack_nibbles(codes), f"{name}.d": d, f"{name}.m": m})
+        out.update({f"{name}.qs": pack_nibbles(codes), f"{name}.d": d.half(), f"{name}.m": m.half()})
     head = read_q8_head(path)
     if head is not None:
-        out.update({"lm_head.qs": head[0], "lm_head.d": head[1]})
+        out.update({"lm_head.qs": head[0], "lm_head.d": head[1].half()})
     tmp = cache.with_name(cache.name + ".tmp")
     save_file({k: v.contiguous() for k, v in out.items()}, tmp)
     tmp.replace(cache)  # atomic: a crash never leaves half a cache

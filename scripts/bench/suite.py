@@ -226,7 +226,15 @@ def main() -> None:
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--docs", action="store_true", help="with --short, still rewrite docs/benchmarks.md")
     ap.add_argument("--render", metavar="JSON", help="only put a scripts/gpu_check.sh result into docs/benchmarks.md")
-    args = ap.parse_args()
+    ap.add_argument("--vs-llama-cpp", action="store_true",
+                    help="only the default server against llama.cpp on the same GGUF (scripts/bench/vs_llama.py), into docs")
+    args, rest = ap.parse_known_args()
+    if args.vs_llama_cpp:
+        import vs_llama
+
+        return vs_llama.main(["--docs", *rest], " ".join(["kakeya bench", *map(shlex.quote, sys.argv[1:])]))
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.render:
         return render(args.render)
     command = " ".join(["kakeya bench", *map(shlex.quote, sys.argv[1:])])
