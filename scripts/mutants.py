@@ -58,6 +58,8 @@ ROB = "tests/test_robustness.py"
 ISO = "tests/test_isolation.py"
 ENG = "tests/test_engine_faults.py"
 ADAPT = "kv_cache_proposer/adaptive.py"
+NATIVE = "inference_engine/models/csrc/native.cpp"
+NAT = "tests/test_native.py"
 DIRECTORY = "inference_engine/cluster/directory.py"
 DIR_TEST = "tests/test_session_directory.py"
 COST = "inference_engine/engine/cost_model.py"
@@ -308,6 +310,18 @@ MUTANTS: list[Mutant] = [
     Mutant("trim_into_evicted_positions", "inference_engine/cache/kv_cache.py",
            "self.length - n - self.oldest < self.window.window - 1", "False",
            ("tests/test_kv_window.py::test_rewinding_into_evicted_positions_prefills_again",)),
+    # the native CPU step (models/csrc/native.cpp; each mutant rebuilds it, ~30 s): the block layout,
+    # the Q4_1 minimum, the KV write by position, the causal length
+    Mutant("native_high_nibble_misread", NATIVE, "_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), 1);",
+           "_mm256_and_si256(_mm256_srli_epi16(b, 3), m4), 1);",
+           (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
+    Mutant("native_q4_1_minimum_dropped", NATIVE, "        v += hsum(am);", "        (void)am;",
+           (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
+    Mutant("native_kv_written_at_the_first_position", NATIVE, "const int64_t p = (g * cap + start + t) * D;",
+           "const int64_t p = (g * cap + start) * D;",
+           (f"{NAT}::test_decoder_matches_the_numpy_reference", f"{NAT}::test_a_token_is_the_same_alone_verified_prefilled_or_batched")),
+    Mutant("native_query_misses_its_own_key", NATIVE, "start + t + 1, D, scale,", "start + t, D, scale,",
+           (f"{NAT}::test_decoder_matches_the_numpy_reference",)),
 ]
 
 

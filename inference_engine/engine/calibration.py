@@ -64,6 +64,10 @@ def cpu_model() -> str:
 def weight_format(model: torch.nn.Module) -> str:
     """dtype, plus the packed kernel class when the linear layers are quantized."""
     kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Int4Linear", "Int8Linear", "BlockLinear")})
+    if "BlockLinear" in kinds:  # a rebuilt native kernel (new source or CPU flags) is a new cost curve
+        from ..models import native
+
+        kinds.append(f"native-{native.build_dir().name}")
     return "+".join([str(model.dtype).removeprefix("torch."), *kinds])
 
 

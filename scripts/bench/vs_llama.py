@@ -56,7 +56,7 @@ def run(args) -> dict:
     plain_llm, warm = LLM(loaded, config), LLM(loaded, config)
     warmup = apply_chat_template(warm.tokenizer, [{"role": "user", "content": "Say hello."}])
     for llm, spec in ((plain_llm, SpeculativeParams("none", 0)), (warm, default_spec)):
-        llm.generate(warmup, SamplingParams(max_tokens=8, temperature=0.0), spec)
+        llm.generate(warmup, SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True), spec)
     # half open-ended, half taken in turn from the copy-heavy kinds
     per_kind = {wl["name"].removeprefix("gen_"): wl["requests"] for wl in generated.generate(args.prompts, args.seed)}
     copy_kinds = [k for k in generated.KINDS if k not in OPEN_KINDS]

@@ -24,12 +24,14 @@ def main() -> None:
     common = dict(model_path=path, n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False)
     # with a draft model llama-cpp-python needs every position's logits, but sizes its score
     # buffer by logits_all alone (a prompt over n_batch tokens then fails): ask for them explicitly
-    lookup = LlamaPromptLookupDecoding(num_pred_tokens=10)
-    engines = {False: Llama(**common), True: Llama(**common, logits_all=True, draft_model=lookup)}
+    engines = {False: Llama(**common)}  # the lookup engine only when asked: its RSS is not plain llama.cpp's
     print(json.dumps({"ready": True, "llama_cpp_python": __import__("llama_cpp").__version__}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
-        llm, stop, out = engines[bool(req.get("lookup"))], set(req.get("stop", ())), []
+        lookup = bool(req.get("lookup"))
+        if lookup not in engines:
+            engines[lookup] = Llama(**common, logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
+        llm, stop, out = engines[lookup], set(req.get("stop", ())), []
         if req.get("fresh"):
             llm.reset()  # forget the cached prompt: a cold prefill
         t0 = time.perf_counter()
