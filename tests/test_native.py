@@ -237,3 +237,22 @@ def test_default_server_configuration_on_a_gguf_is_native(smol_loaded):
     assert Verifier(smol_loaded.model).path == "native"
     cache = KVCache(smol_loaded.model.config)
     assert Verifier(smol_loaded.model).forward(cache, [1, 2, 3], 1).shape == (1, smol_loaded.info.vocab_size)
+
+
+def test_a_gguf_is_built_straight_onto_its_blocks(smol_loaded, smol_float):
+    """The default load never holds the decoder's float weights (peak RSS), and computes exactly
+    what quantizing a full float load with the same blocks computes."""
+    import copy
+
+    from inference_engine.models.loader import _quantize
+
+    model = smol_loaded.model
+    floats = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    assert floats < emb + 100_000  # the embedding and the norms: no linear layer in float
+    full = copy.deepcopy(smol_float.model)
+    _quantize(full, ModelConfig(), "gguf", smol_float.info.source)
+    ids = smol_loaded.tokenizer("The lighthouse keeper counted the ships")["input_ids"]
+    a, b = Verifier(model), Verifier(full)
+    assert a.path == b.path == "native"
+    assert torch.equal(a.forward(a.new_cache(), ids, len(ids)), b.forward(b.new_cache(), ids, len(ids)))
