@@ -283,13 +283,17 @@ def _native_decoder(fast: FastDecoder, model: PreTrainedModel):
     """csrc/native.cpp's Decoder over this model's blocks, when every projection is a BlockLinear
     and activations are float32 (it computes in float32); None otherwise (the step above serves)."""
     projections = [p for b in fast.blocks for p in (b.qkv, b.o, b.gate_up, b.down)]
-    if model.dtype != torch.float32 or not all(isinstance(p, BlockLinear) for p in projections):
-        return None
+    if model.dtype != torch.float32 or not all(isinstance(p, BlockLinear) and p.bias is None for p in projections):
+        return None  # the C++ step has no biases (Qwen2's q/k/v): the torch step over the same blocks serves
     ext = native.extension()
     if ext is None:
         return None
     first = fast.blocks[0]
-    dec = ext.Decoder(fast.heads, fast.kv_heads, fast.head_dim, first.gate_up.out_features // 2, fast.eps)
+    try:
+        dec = ext.Decoder(fast.heads, fast.kv_heads, fast.head_dim, first.gate_up.out_features // 2, fast.eps)
+    except RuntimeError as e:  # a shape it does not take (head_dim not a multiple of 16)
+        log.info("native step unavailable for this model (%s); the torch step serves", e)
+        return None
     for b in fast.blocks:
         norms = [b.ln1, b.ln2] + ([b.q_norm, b.k_norm] if b.q_norm is not None else [])
         dec.add_layer(norms, [b.qkv.weights(), b.o.weights(), b.gate_up.weights(), b.down.weights()])
