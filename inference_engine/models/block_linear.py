@@ -26,6 +26,19 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     return (c[..., :16] | (c[..., 16:] << 4)).reshape(N, K // 2)
 
 
+def _blocks(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(qs, d, m) of float weights w [N, K], codes chosen against the scales as stored (float16)."""
+    N, K = w.shape
+    groups = w.reshape(N, K // BLOCK, BLOCK)
+    if bits == 8:
+        d = (groups.abs().amax(-1).clamp(min=1e-12) / 127.0).half().float()  # [N, G]
+        return torch.round(groups / d[..., None]).clamp(-128, 127).to(torch.int8).reshape(N, K), d, None
+    lo, hi = groups.amin(-1).half().float(), groups.amax(-1)
+    d = ((hi - lo) / 15.0).clamp(min=1e-12).half().float()
+    codes = torch.round((groups - lo[..., None]) / d[..., None]).clamp(0, 15).reshape(N, K)
+    return pack_nibbles(codes), d, lo
+
+
 class BlockLinear(nn.Module):
     """qs: uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit); d, m: float16 [N, K/32] (m empty for 8-bit)."""
 
@@ -44,19 +57,12 @@ class BlockLinear(nn.Module):
         return cls(pack_nibbles(codes), d, m, bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int = 4) -> "BlockLinear":
-        """Blocks of 32 from float weights: Q4_1-style (scale and minimum per block) or Q8_0-style."""
-        w = linear.weight.detach().float()
-        N, K = w.shape
-        groups = w.reshape(N, K // BLOCK, BLOCK)
-        if bits == 8:
-            d = (groups.abs().amax(-1).clamp(min=1e-12) / 127.0).half().float()  # [N, G], as stored
-            q = torch.round(groups / d[..., None]).clamp(-128, 127).to(torch.int8).reshape(N, K)
-            return cls(q, d, None, linear.bias)
-        lo, hi = groups.amin(-1).half().float(), groups.amax(-1)  # codes against the scales as stored
-        d = ((hi - lo) / 15.0).clamp(min=1e-12).half().float()
-        codes = torch.round((groups - lo[..., None]) / d[..., None]).clamp(0, 15).reshape(N, K)
-        return cls.q4(codes, d, lo, linear.bias)
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, rows: int = 8192) -> "BlockLinear":
+        """Blocks of 32 from float weights: Q4_1-style (scale and minimum per block) or Q8_0-style,
+        `rows` output rows at a time (a 150k-token head in one go held several float copies of it)."""
+        parts = [_blocks(linear.weight[i : i + rows].detach().float(), bits) for i in range(0, linear.weight.shape[0], rows)]
+        qs, d = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return cls(qs, d, torch.cat([p[2] for p in parts]) if bits == 4 else None, linear.bias)
 
     @property
     def dtype(self) -> torch.dtype:  # of the activations it takes

@@ -6,6 +6,7 @@ import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -144,18 +145,24 @@ def _blocks_model(cfg: ModelConfig, source: str, dtype: torch.dtype) -> Optional
     with init_empty_weights():  # parameters on the meta device; buffers (the rotary table) real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    if any(f"{n}.qs" not in packed for n, _ in linears):
+    # a head in a format without a native kernel (llama.cpp's quantizer writes Q6_K heads) is
+    # requantized to 8-bit blocks from its float weight below; any other missing layer: load whole
+    if any(f"{n}.qs" not in packed for n, _ in linears if n != "lm_head"):
         return None
     for name, linear in linears:
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        setattr(parent, name.rpartition(".")[2],
-                BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias))
-    skip = {f"{n}.weight" for n, _ in linears}
+        if f"{name}.qs" in packed:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2],
+                    BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias))
+    skip = {f"{n}.weight" for n, _ in linears if f"{n}.qs" in packed}
     state = {}
     for file in sorted(Path(source).glob("model*.safetensors")):  # the checkpoint's shards, not block caches
         with safe_open(str(file), framework="pt") as f:
             state.update({k: f.get_tensor(k).to(dtype) for k in f.keys() if k not in skip})
     model.load_state_dict(state, strict=False, assign=True)
+    if "lm_head.qs" not in packed:
+        weight = state.get("lm_head.weight", model.get_input_embeddings().weight)  # tied: the embedding
+        model.lm_head = BlockLinear.from_linear(SimpleNamespace(weight=weight, bias=None), bits=8)
     if any(p.is_meta for p in model.parameters()):  # the checkpoint lacked something: load it whole
         return None
     try:
