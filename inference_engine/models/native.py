@@ -2,8 +2,8 @@
 
 The extension is compiled with the machine's own vector instructions (`-march=native`), so its
 build directory is keyed by the source, torch's version and the CPU's flags, under the user's
-cache directory; `scripts/setup.sh` builds it ahead of the first start (`python -m
-inference_engine.models.native`, ~30 s), so a server start only loads it. Where it cannot be
+cache directory; `scripts/setup.sh` builds it ahead of the first start (`native.main()`, ~30 s),
+so a server start only loads it. Where it cannot be
 built (no compiler) `extension()` says why and the engine keeps torch's kernels.
 """
 from __future__ import annotations
