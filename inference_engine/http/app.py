@@ -173,7 +173,7 @@ async def _model_card(engine: AsyncEngine) -> dict:
     info = engine.info
     # the live configuration, as an extension field the OpenAI clients ignore
     live = {"device": info.device, "dtype": info.dtype, "weights": info.quantization,
-            "weights_reason": getattr(info, "quantization_reason", ""), "decode_path": (await engine.health())["decode_path"]}
+            "weights_reason": info.quantization_reason, "decode_path": (await engine.health())["decode_path"]}
     return {"id": info.name, "object": "model", "created": 0, "owned_by": "kakeya", "max_model_len": info.max_context,
             "kakeya": live}
 

@@ -214,12 +214,12 @@ class FastDecoder:
         Writes T positions into each cache (the caller sets each length) and returns the final
         hidden states [B, T, H]. `wide` picks the weight set; None: by T (`self.wide(T)`)."""
         T = ids.shape[1]
-        if self.native is not None and all(c.window is None for c in caches):
-            return self._native_forward(ids, caches, starts)
         wide = self.wide(T) if wide is None else wide
         x = self.embed(ids)  # [B, T, H]
         offsets = torch.tensor(list(starts), device=ids.device)[:, None]
         cos, sin = self._rotary(offsets + torch.arange(T, device=ids.device)[None, :], x)
+        if self.native is not None and all(c.window is None for c in caches):
+            return self._native_forward(x, cos, sin, caches, starts)
         masks, slots = [], []
         for cache, start in zip(caches, starts):
             cache.reserve(start + T, x)
@@ -249,14 +249,12 @@ class FastDecoder:
                       wide, slots)
         return _rms(x, self.norm, self.eps)
 
-    def _native_forward(self, ids: torch.Tensor, caches: Sequence[KVCache], starts: Sequence[int]) -> torch.Tensor:
-        """forward() as one call into csrc/native.cpp: every row, every layer, the final norm."""
-        B, T = ids.shape
-        x = self.embed(ids)  # [B, T, H]
+    def _native_forward(self, x, cos, sin, caches: Sequence[KVCache], starts: Sequence[int]) -> torch.Tensor:
+        """The rest of forward() as one call into csrc/native.cpp: every row, every layer, the final
+        norm. x [B, T, H] embedded; cos/sin [B, 1, T, D]."""
+        B, T, _ = x.shape
         for cache, start in zip(caches, starts):
             cache.reserve(start + T, x)
-        offsets = torch.tensor(list(starts), device=ids.device)[:, None]
-        cos, sin = self._rotary(offsets + torch.arange(T, device=ids.device)[None, :], x)  # [B, 1, T, D]
         out = self.native.forward(x.reshape(B * T, -1), [c.keys for c in caches], [c.values for c in caches],
                                   list(starts), cos[:, 0], sin[:, 0])
         return out.view(B, T, -1)

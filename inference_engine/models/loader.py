@@ -106,25 +106,39 @@ def _quantize(model: PreTrainedModel, cfg: ModelConfig, method: str, source: str
     """int4 on a GGUF keeps the file's own Q4_0/Q4_1 blocks; everything else is quantized from float."""
     blocks = {}
     path = gguf_file(cfg.model)
-    c = model.config
-    heads = (c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
     if method == "int4" and path is not None:
-        blocks = read_q4_blocks(path, *heads)
+        blocks = read_q4_blocks(path, *_heads(model.config))
     if method != "gguf":
         quantize(model, method, int4_blocks=blocks)
         return
     if native.extension() is None:
         raise ModelLoadError(f"--quantization gguf needs the native CPU kernels: {native.error()}", "quantization")
-    # gguf: the file's Q4 layers and Q8_0 head as they are (cached beside the converted checkpoint);
+    # gguf: the file's Q4 layers and head as they are (cached beside the converted checkpoint);
     # layers the file holds in another format, and every layer of a non-GGUF model, are requantized
-    packed = packed_blocks(path, *heads, Path(source) / BLOCKS_CACHE) if path is not None else {}
+    packed = packed_blocks(path, *_heads(model.config), Path(source) / BLOCKS_CACHE) if path is not None else {}
+    _onto_blocks(model, packed, requantize=True)
+
+
+def _heads(config) -> tuple[int, int]:
+    return config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def _onto_blocks(model: PreTrainedModel, packed: dict[str, torch.Tensor], requantize: bool) -> list[str]:
+    """Every nn.Linear that `packed` holds becomes that BlockLinear; the others are requantized
+    from their float weights (8-bit head, 4-bit layers) or, without `requantize`, left as they
+    are. Returns the names of the layers left."""
+    left = []
     for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         if f"{name}.qs" in packed:
             new = BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias)
-        else:
+        elif requantize:
             new = BlockLinear.from_linear(linear, bits=8 if name == "lm_head" else 4)
+        else:
+            left.append(name)
+            continue
         setattr(parent, name.rpartition(".")[2], new)
+    return left
 
 
 def _blocks_model(cfg: ModelConfig, source: str, dtype: torch.dtype) -> Optional[PreTrainedModel]:
@@ -140,27 +154,21 @@ def _blocks_model(cfg: ModelConfig, source: str, dtype: torch.dtype) -> Optional
     if path is None or native.extension() is None:
         return None
     config = AutoConfig.from_pretrained(source)
-    heads = (config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-    packed = packed_blocks(path, *heads, Path(source) / BLOCKS_CACHE)
+    packed = packed_blocks(path, *_heads(config), Path(source) / BLOCKS_CACHE)
     with init_empty_weights():  # parameters on the meta device; buffers (the rotary table) real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     # a head in a format without a native kernel (llama.cpp's quantizer writes Q6_K heads) is
     # requantized to 8-bit blocks from its float weight below; any other missing layer: load whole
-    if any(f"{n}.qs" not in packed for n, _ in linears if n != "lm_head"):
+    left = _onto_blocks(model, packed, requantize=False)
+    if set(left) - {"lm_head"}:
         return None
-    for name, linear in linears:
-        if f"{name}.qs" in packed:
-            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            setattr(parent, name.rpartition(".")[2],
-                    BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias))
-    skip = {f"{n}.weight" for n, _ in linears if f"{n}.qs" in packed}
+    skip = {k.removesuffix(".qs") + ".weight" for k in packed if k.endswith(".qs")}
     state = {}
     for file in sorted(Path(source).glob("model*.safetensors")):  # the checkpoint's shards, not block caches
         with safe_open(str(file), framework="pt") as f:
             state.update({k: f.get_tensor(k).to(dtype) for k in f.keys() if k not in skip})
     model.load_state_dict(state, strict=False, assign=True)
-    if "lm_head.qs" not in packed:
+    if left:  # the head alone
         weight = state.get("lm_head.weight", model.get_input_embeddings().weight)  # tied: the embedding
         model.lm_head = BlockLinear.from_linear(SimpleNamespace(weight=weight, bias=None), bits=8)
     if any(p.is_meta for p in model.parameters()):  # the checkpoint lacked something: load it whole

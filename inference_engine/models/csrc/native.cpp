@@ -42,10 +42,6 @@ inline void nibbles(const uint8_t* p, v16& lo, v16& hi) {
 inline v16 int8s(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
-inline v16 bf16s(const at::BFloat16* p) {  // bfloat16 → float32 is exact (a shift)
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 // A fixed pairwise tree (lanes i + 8, then i + 4, i + 2, i + 1), the same as the generic one below.
 inline float hsum(v16 a) {
   __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
@@ -57,8 +53,6 @@ inline float hsum(v16 a) {
 typedef float v16 __attribute__((vector_size(64)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
 inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof r); return r; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 inline v16 splat(float x) { return v16{} + x; }
@@ -78,14 +72,6 @@ inline void nibbles(const uint8_t* p, v16& lo, v16& hi) {
   hi = __builtin_convertvector(b >> 4, v16);
 }
 inline v16 int8s(const int8_t* p) { i8x16 b; std::memcpy(&b, p, 16); return __builtin_convertvector(b, v16); }
-inline v16 bf16s(const at::BFloat16* p) {
-  u16x16 h;
-  std::memcpy(&h, p, sizeof h);
-  u32x16 w = __builtin_convertvector(h, u32x16) << 16;
-  v16 r;
-  std::memcpy(&r, &w, sizeof r);
-  return r;
-}
 inline float hsum(v16 a) {
   float s[16];
   store(s, a);
@@ -102,14 +88,6 @@ inline float dot(const float* a, const float* b, int64_t n) {  // n % 32 == 0
     a1 = fma(load(a + k + 16), load(b + k + 16), a1);
   }
   return hsum(add(a0, a1));
-}
-
-// KV buffers hold float32 or bfloat16.
-inline v16 load_kv(const float* p) { return load(p); }
-inline v16 load_kv(const at::BFloat16* p) { return bf16s(p); }
-inline void store_kv(float* p, const float* x, int64_t n) { std::memcpy(p, x, n * sizeof(float)); }
-inline void store_kv(at::BFloat16* p, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; i++) p[i] = at::BFloat16(x[i]);  // round to nearest even
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,14 +404,13 @@ void rope(float* x, const float* cos, const float* sin, int64_t D) {
 }
 
 // One query row over keys [0, L) of one KV head: softmax(q·kᵀ·scale) · v into out [D].
-template <typename KV>
-void attend_one(const float* q, const KV* keys, const KV* values, int64_t L, int64_t D, float scale,
+void attend_one(const float* q, const float* keys, const float* values, int64_t L, int64_t D, float scale,
                 float* scores, float* out) {
   float mx = -INFINITY;
   for (int64_t j = 0; j < L; j++) {
-    const KV* k = keys + j * D;
+    const float* k = keys + j * D;
     v16 acc = zero();
-    for (int64_t e = 0; e < D; e += 16) acc = fma(load(q + e), load_kv(k + e), acc);
+    for (int64_t e = 0; e < D; e += 16) acc = fma(load(q + e), load(k + e), acc);
     scores[j] = hsum(acc) * scale;
     mx = std::max(mx, scores[j]);
   }
@@ -444,12 +421,26 @@ void attend_one(const float* q, const KV* keys, const KV* values, int64_t L, int
   }
   for (int64_t e = 0; e < D; e += 16) {
     v16 acc = zero();
-    for (int64_t j = 0; j < L; j++) acc = fma(splat(scores[j]), load_kv(values + j * D + e), acc);
+    for (int64_t j = 0; j < L; j++) acc = fma(splat(scores[j]), load(values + j * D + e), acc);
     store(out + e, div(acc, splat(sum)));
   }
 }
 
 // ---------------------------------------------------------------------------------------------
+
+// [qs, d, m] as BlockLinear holds them; bits from qs's dtype.
+QWeight make_weight(const torch::Tensor& qs, const torch::Tensor& d, const torch::Tensor& m) {
+  QWeight w;
+  w.qs = qs.contiguous();
+  w.d = d.to(torch::kHalf).contiguous();
+  w.m = m.to(torch::kHalf).contiguous();
+  w.bits = w.qs.scalar_type() == torch::kUInt8 ? 4 : 8;
+  TORCH_CHECK(w.bits == 4 || w.qs.scalar_type() == torch::kInt8, "block codes must be uint8 (4-bit) or int8");
+  w.N = w.qs.size(0);
+  w.K = w.qs.size(1) * (w.bits == 4 ? 2 : 1);
+  TORCH_CHECK(w.K % BLOCK == 0 && w.d.size(0) == w.N && w.d.size(1) == w.K / BLOCK, "block scales do not fit the codes");
+  return w;
+}
 
 struct Layer {
   torch::Tensor ln1, ln2, q_norm, k_norm;  // q_norm/k_norm undefined unless Qwen3
@@ -469,7 +460,7 @@ class Decoder {
     l.ln2 = f32(norms.at(1));
     if (norms.size() == 4) { l.q_norm = f32(norms[2]); l.k_norm = f32(norms[3]); }
     QWeight* ws[4] = {&l.qkv, &l.o, &l.gate_up, &l.down};
-    for (int i = 0; i < 4; i++) *ws[i] = make_weight(weights.at(i));
+    for (int i = 0; i < 4; i++) *ws[i] = make_weight(weights.at(i).at(0), weights.at(i).at(1), weights.at(i).at(2));
     layers.push_back(std::move(l));
   }
 
@@ -495,10 +486,7 @@ class Decoder {
       for (int64_t b = 0; b < B; b++) {
         const torch::Tensor& kb = keys.at(b).at(l);
         const torch::Tensor& vb = values.at(b).at(l);
-        if (kb.scalar_type() == torch::kBFloat16)
-          attention<at::BFloat16>(L, qkv.data() + b * T * QKV, kb, vb, starts[b], T, cos, sin, b, attn.data() + b * T * Hq * D);
-        else
-          attention<float>(L, qkv.data() + b * T * QKV, kb, vb, starts[b], T, cos, sin, b, attn.data() + b * T * Hq * D);
+        attention(L, qkv.data() + b * T * QKV, kb, vb, starts[b], T, cos, sin, b, attn.data() + b * T * Hq * D);
       }
       qlinear(attn.data(), BT, L.o, xs, true);
       rmsnorm(xs, BT, H, L.ln2.data_ptr<float>(), eps, h.data());
@@ -515,43 +503,18 @@ class Decoder {
     return x;
   }
 
-  // The output head over rows [M, H] float32: logits [M, N].
-  torch::Tensor head(torch::Tensor rows) {
-    TORCH_CHECK(rows.scalar_type() == torch::kFloat, "head rows must be float32");
-    rows = rows.contiguous();
-    auto out = torch::empty({rows.size(0), lm_head.N}, rows.options());
-    qlinear(rows.data_ptr<float>(), rows.size(0), lm_head, out.data_ptr<float>(), false);
-    return out;
-  }
-
-  void set_head(std::vector<torch::Tensor> w) { lm_head = make_weight(w); }
   void set_norm(torch::Tensor w) { norm = f32(w); }
 
  private:
   static torch::Tensor f32(const torch::Tensor& t) { return t.to(torch::kFloat).contiguous(); }
-  static torch::Tensor f16(const torch::Tensor& t) { return t.to(torch::kHalf).contiguous(); }
-
-  static QWeight make_weight(const std::vector<torch::Tensor>& t) {  // [qs, d, m]; bits from qs's dtype
-    QWeight w;
-    w.qs = t.at(0).contiguous();
-    w.d = f16(t.at(1));
-    w.m = f16(t.at(2));
-    w.bits = w.qs.scalar_type() == torch::kUInt8 ? 4 : 8;
-    TORCH_CHECK(w.bits == 4 || w.qs.scalar_type() == torch::kInt8, "block codes must be uint8 (4-bit) or int8");
-    w.N = w.qs.size(0);
-    w.K = w.qs.size(1) * (w.bits == 4 ? 2 : 1);
-    TORCH_CHECK(w.K % BLOCK == 0 && w.d.size(0) == w.N && w.d.size(1) == w.K / BLOCK, "block scales do not fit the codes");
-    return w;
-  }
 
   // q/k norms, rope and the KV write for T tokens of one row, then attention per (head, query).
-  template <typename KV>
   void attention(const Layer& L, float* qkv, const torch::Tensor& kbuf, const torch::Tensor& vbuf,
                  int64_t start, int64_t T, const torch::Tensor& cos, const torch::Tensor& sin, int64_t b, float* out) {
     const int64_t QKV = (Hq + 2 * Hkv) * D, cap = kbuf.size(2);
     TORCH_CHECK(start + T <= cap && kbuf.is_contiguous() && vbuf.is_contiguous(), "KV buffer too small or strided");
-    KV* kd = kbuf.data_ptr<KV>();
-    KV* vd = vbuf.data_ptr<KV>();
+    float* kd = kbuf.data_ptr<float>();  // float32: the native step runs float32 models only
+    float* vd = vbuf.data_ptr<float>();
     const float* cs = cos.data_ptr<float>() + b * T * D;
     const float* sn = sin.data_ptr<float>() + b * T * D;
     const float* qn = L.q_norm.defined() ? L.q_norm.data_ptr<float>() : nullptr;
@@ -566,8 +529,8 @@ class Decoder {
         }
         for (int64_t g = 0; g < Hkv; g++) {
           const int64_t p = (g * cap + start + t) * D;
-          store_kv(kd + p, row + (Hq + g) * D, D);
-          store_kv(vd + p, row + (Hq + Hkv + g) * D, D);
+          std::memcpy(kd + p, row + (Hq + g) * D, D * sizeof(float));
+          std::memcpy(vd + p, row + (Hq + Hkv + g) * D, D * sizeof(float));
         }
       }
     });
@@ -586,20 +549,13 @@ class Decoder {
   int64_t Hq, Hkv, D, I;
   float eps;
   std::vector<Layer> layers;
-  QWeight lm_head;
   torch::Tensor norm;
 };
 
 // y = x · Wᵀ for one block-quantized weight: the kernel alone, for tests and the eager path.
 torch::Tensor block_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m) {
-  QWeight w;
-  w.qs = qs.contiguous();
-  w.d = d.to(torch::kHalf).contiguous();
-  w.m = m.to(torch::kHalf).contiguous();
-  w.bits = w.qs.scalar_type() == torch::kUInt8 ? 4 : 8;
-  w.N = w.qs.size(0);
-  w.K = w.qs.size(1) * (w.bits == 4 ? 2 : 1);
-  TORCH_CHECK(x.size(-1) == w.K && w.K % BLOCK == 0, "x's last dimension must be the weight's K");
+  const QWeight w = make_weight(qs, d, m);
+  TORCH_CHECK(x.size(-1) == w.K, "x's last dimension must be the weight's K");
   auto xf = x.reshape({-1, w.K}).to(torch::kFloat).contiguous();
   auto y = torch::empty({xf.size(0), w.N}, xf.options());
   qlinear(xf.data_ptr<float>(), xf.size(0), w, y.data_ptr<float>(), false);
@@ -624,8 +580,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Decoder>(m, "Decoder")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, double>())
       .def("add_layer", &Decoder::add_layer)
-      .def("set_head", &Decoder::set_head)
       .def("set_norm", &Decoder::set_norm)
-      .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>())
-      .def("head", &Decoder::head, py::call_guard<py::gil_scoped_release>());
+      .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>());
 }
