@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pytest
 import torch
@@ -29,23 +31,34 @@ pytestmark = pytest.mark.skipif(ext is None, reason=f"native kernels unavailable
 
 # -- the reference formulas ---------------------------------------------------------------------
 
-def ref_codes(layer: BlockLinear) -> np.ndarray:
-    """[N, K] integer codes, unpacked from ggml's byte layout by hand."""
-    qs = layer.qs.numpy()
-    if layer.bits == 8:
-        return qs.astype(np.int64)
-    N = qs.shape[0]
-    b = qs.reshape(N, -1, 16).astype(np.int64)  # [N, G, 16]
-    return np.concatenate([b & 15, b >> 4], axis=-1).reshape(N, -1)
+def ref_blocks(layer: BlockLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """codes [N, K], d and m [N, K/32] (float64), read from the tiles by hand as csrc/blocks.h
+    documents them: per (16-column group, block) a tile of code chunks, then 16 float16 d, then
+    (Q4_1) 16 float16 m; chunk j's bytes 4L..4L+3 are column L's weights 4j..4j+3 (8-bit, + 128)
+    or, in their low / high nibbles, weights 4j..4j+3 / 16+4j..16+4j+3 (4-bit)."""
+    t = layer.tiles.numpy()
+    C, G, _ = t.shape
+    code = 256 if layer.bits == 4 else 512
+    chunks = t[..., :code].reshape(C, G, code // 64, 16, 4).astype(np.int64)  # [C, G, chunk, lane, byte]
+    if layer.bits == 4:
+        chunks = np.concatenate([chunks & 15, chunks >> 4], axis=2)  # weights 0..15, then 16..31
+    else:
+        chunks = chunks - 128
+    codes = chunks.transpose(0, 3, 1, 2, 4).reshape(C * 16, G * 32)[: layer.out_features]
+
+    def halves(at: int) -> np.ndarray:  # [N, G]
+        return t[..., at : at + 32].copy().view(np.float16).transpose(0, 2, 1).reshape(C * 16, G)[: layer.out_features]
+
+    d = halves(code).astype(np.float64)
+    m = np.zeros_like(d) if layer.bits == 8 else (-8.0 * d if layer.sym else halves(code + 32).astype(np.float64))
+    return codes, d, m
 
 
 def ref_linear(x: np.ndarray, layer: BlockLinear) -> np.ndarray:
     """y [M, N] float64 for x [M, K] float32, as the kernel in use defines it."""
-    codes = ref_codes(layer)
+    codes, d, m = ref_blocks(layer)
     N, K = codes.shape
-    d = layer.d.numpy().astype(np.float64)
-    m = layer.m.numpy().astype(np.float64) if layer.bits == 4 else np.zeros_like(d)
-    if ext.activation_format(K) == "f32":
+    if ext.activations == "f32":
         w = (codes.reshape(N, -1, 32) * d[..., None] + m[..., None]).reshape(N, K)
         return x.astype(np.float64) @ w.T
     xb = x.astype(np.float32).reshape(x.shape[0], -1, 32)  # [M, G, 32]
@@ -57,25 +70,52 @@ def ref_linear(x: np.ndarray, layer: BlockLinear) -> np.ndarray:
     return (isum * d[None] * dx[:, None]).sum(-1) + ((m[None] * (dx * qx.sum(-1))[:, None]).sum(-1))
 
 
-def random_layer(N: int, K: int, bits: int, seed: int = 0) -> BlockLinear:
+FORMATS = ("q4_0", "q4_1", "q8_0")
+
+
+def random_blocks(N: int, K: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """ggml-layout blocks: qs (nibbles or int8), d and m (None for Q8_0; −8d for Q4_0)."""
     g = torch.Generator().manual_seed(seed)
     G = K // 32
-    d = torch.rand(N, G, generator=g) * 0.05 + 0.001
-    if bits == 8:
-        return BlockLinear(torch.randint(-128, 128, (N, K), generator=g).to(torch.int8), d, None)
-    return BlockLinear.q4(torch.randint(0, 16, (N, K), generator=g), d, -torch.rand(N, G, generator=g) * 0.2)
+    d = (torch.rand(N, G, generator=g) * 0.05 + 0.001).half()
+    if fmt == "q8_0":
+        return torch.randint(-128, 128, (N, K), generator=g).to(torch.int8), d, None
+    m = -8 * d if fmt == "q4_0" else (-torch.rand(N, G, generator=g) * 0.2).half()
+    return pack_nibbles(torch.randint(0, 16, (N, K), generator=g)), d, m
+
+
+def random_layer(N: int, K: int, fmt: str, seed: int = 0) -> BlockLinear:
+    return BlockLinear.from_blocks(*random_blocks(N, K, fmt, seed))
 
 
 # -- linear layers --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("N,K", [(64, 64), (70, 192), (33, 96)])  # a partial row tile; K = 96: 3 blocks
-def test_block_linear_matches_the_ggml_formula(bits, N, K):
-    layer = random_layer(N, K, bits)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("N,K", [(64, 64), (70, 192), (33, 96)])  # a partial column tile; K = 96: 3 blocks
+def test_block_linear_matches_the_ggml_formula(fmt, N, K):
+    layer = random_layer(N, K, fmt)
+    assert (layer.bits, layer.sym) == {"q4_0": (4, True), "q4_1": (4, False), "q8_0": (8, False)}[fmt]
     x = torch.randn(9, K, generator=torch.Generator().manual_seed(1))
     y = layer(x).numpy().astype(np.float64)
     ref = ref_linear(x.numpy(), layer)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiles_hold_the_file_s_blocks(fmt):
+    """The tiles are a rearrangement: every code, scale and minimum of the ggml blocks is there,
+    Q4_0 in its own 18 bytes per 32 weights."""
+    qs, d, m = random_blocks(37, 128, fmt, seed=7)
+    layer = BlockLinear.from_blocks(qs, d, m)
+    codes, rd, rm = ref_blocks(layer)
+    want = qs.numpy().astype(np.int64)
+    if fmt != "q8_0":
+        b = want.reshape(37, -1, 16)
+        want = np.concatenate([b & 15, b >> 4], axis=-1).reshape(37, -1)
+    assert np.array_equal(codes, want) and np.array_equal(rd, d.double().numpy())
+    if fmt != "q8_0":
+        assert np.array_equal(rm, m.double().numpy())
+    assert layer.tiles.shape == (3, 4, 16 * {"q4_0": 18, "q4_1": 20, "q8_0": 34}[fmt])  # bytes per block of 32
 
 
 def test_nibble_order_is_ggml_s():
@@ -87,33 +127,33 @@ def test_nibble_order_is_ggml_s():
     assert qs[1].tolist() == [3 | (12 << 4)] * 16
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_a_row_is_the_same_however_many_rows_share_the_call(bits):
-    layer = random_layer(132, 256, bits, seed=3)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_row_is_the_same_however_many_rows_share_the_call(fmt):
+    layer = random_layer(132, 256, fmt, seed=3)
     x = torch.randn(17, 256, generator=torch.Generator().manual_seed(4))
     whole = layer(x)
-    for rows in (slice(0, 1), slice(0, 2), slice(3, 4), slice(5, 14), slice(16, 17)):
+    for rows in (slice(0, 1), slice(0, 2), slice(3, 4), slice(5, 14), slice(8, 17), slice(16, 17)):
         assert torch.equal(layer(x[rows]), whole[rows]), rows
 
 
 def test_fused_layers_compute_what_the_separate_ones_did():
-    parts = [random_layer(n, 128, 4, seed=s) for s, n in enumerate((64, 32, 32))]
+    parts = [random_layer(n, 128, "q4_1", seed=s) for s, n in enumerate((64, 32, 40))]
     x = torch.randn(3, 128)
     before = torch.cat([p(x) for p in parts], dim=-1)
+    assert BlockLinear.fusable(parts) and not BlockLinear.fusable(parts[::-1])  # 40 columns fill no tiles
     fused = BlockLinear.fuse(parts)
     assert torch.equal(fused(x), before)
     assert torch.equal(torch.cat([p(x) for p in parts], dim=-1), before)  # the originals are views now
-    assert parts[1].qs.data_ptr() == fused.qs[64:].data_ptr()
+    assert parts[1].tiles.data_ptr() == fused.tiles[4:].data_ptr()
 
 
 def test_from_linear_round_trips_within_a_quantum():
     lin = torch.nn.Linear(128, 40, bias=False)
     for bits in (4, 8):
         q = BlockLinear.from_linear(lin, bits)
-        codes = ref_codes(q).reshape(40, -1, 32)
-        m = q.m.numpy() if bits == 4 else 0.0
-        w = (codes * q.d.numpy()[..., None] + (m[..., None] if bits == 4 else 0)).reshape(40, 128)
-        step = np.repeat(q.d.numpy(), 32, axis=1)
+        codes, d, m = ref_blocks(q)
+        w = (codes.reshape(40, -1, 32) * d[..., None] + m[..., None]).reshape(40, 128)
+        step = np.repeat(d, 32, axis=1)
         assert np.all(np.abs(w - lin.weight.detach().numpy()) <= 0.51 * step + 1e-7)
 
 

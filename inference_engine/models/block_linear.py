@@ -3,8 +3,8 @@
 A GGUF file's Q4_1 block is w = d · q + m with q ∈ [0, 15] (Q4_0 is the same with m = −8d), its
 Q8_0 block w = d · q with q ∈ [−128, 127]; both are kept exactly as the file stores them (d and
 m in float16), so Kakeya multiplies by the very weights llama.cpp does.
-The kernel (csrc/native.cpp) computes each output as one fixed chain over K in float32: a row's
-result is the same whatever the number of rows, which keeps speculation exact.
+The kernel (csrc/blocks.h) computes each output as one fixed chain over the blocks in float32: a
+row's result is the same whatever the number of rows, which keeps speculation exact.
 """
 from __future__ import annotations
 
@@ -40,55 +40,66 @@ def _blocks(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, Opt
 
 
 class BlockLinear(nn.Module):
-    """qs: uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit); d, m: float16 [N, K/32] (m empty for 8-bit)."""
+    """`tiles`: uint8 [ceil(N/16), K/32, bytes], ggml's blocks rearranged with 16 output columns
+    side by side (csrc/blocks.h describes the layout); Q4_0 keeps its 18 bytes per 32 weights,
+    Q4_1 20, Q8_0 34. Built from ggml-layout blocks by `from_blocks`."""
 
-    def __init__(self, qs: torch.Tensor, d: torch.Tensor, m: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None):
+    TILE_BYTES = {288: (4, True), 320: (4, False), 544: (8, False)}  # → (bits, Q4_0-style)
+
+    def __init__(self, tiles: torch.Tensor, out_features: int, bias: Optional[torch.Tensor] = None):
         super().__init__()
-        self.bits = 4 if qs.dtype == torch.uint8 else 8
-        self.out_features = qs.shape[0]
-        self.in_features = qs.shape[1] * (2 if self.bits == 4 else 1)
-        self.register_buffer("qs", qs.contiguous())
-        self.register_buffer("d", d.half().contiguous())  # float16, as ggml stores block scales
-        self.register_buffer("m", (m if m is not None else torch.zeros(0)).half().contiguous())
+        self.bits, self.sym = self.TILE_BYTES[tiles.shape[2]]
+        self.out_features, self.in_features = out_features, tiles.shape[1] * BLOCK
+        self.register_buffer("tiles", tiles.contiguous())
         self.bias = bias
 
     @classmethod
+    def from_blocks(cls, qs: torch.Tensor, d: torch.Tensor, m: Optional[torch.Tensor], bias=None) -> "BlockLinear":
+        """qs: uint8 [N, K/2] nibbles (4-bit) or int8 [N, K] (8-bit); d, m: [N, K/32] (m None for
+        8-bit), as ggml stores them; Q4_1 blocks whose every m is −8d are kept as Q4_0."""
+        m = m if m is not None else torch.zeros(0)
+        return cls(native.extension().pack_blocks(qs, d.half(), m.half()), qs.shape[0], bias)
+
+    @classmethod
     def q4(cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias=None) -> "BlockLinear":
-        return cls(pack_nibbles(codes), d, m, bias)
+        return cls.from_blocks(pack_nibbles(codes), d, m, bias)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, rows: int = 8192) -> "BlockLinear":
         """Blocks of 32 from float weights: Q4_1-style (scale and minimum per block) or Q8_0-style,
         `rows` output rows at a time (a 150k-token head in one go held several float copies of it)."""
-        parts = [_blocks(linear.weight[i : i + rows].detach().float(), bits) for i in range(0, linear.weight.shape[0], rows)]
-        qs, d = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return cls(qs, d, torch.cat([p[2] for p in parts]) if bits == 4 else None, linear.bias)
+        parts = []
+        for i in range(0, linear.weight.shape[0], rows):
+            qs, d, m = _blocks(linear.weight[i : i + rows].detach().float(), bits)
+            parts.append(cls.from_blocks(qs, d, m).tiles)
+        return cls(torch.cat(parts), linear.weight.shape[0], linear.bias)
 
     @property
     def dtype(self) -> torch.dtype:  # of the activations it takes
         return torch.float32
 
-    def weights(self) -> list[torch.Tensor]:
-        """[qs, d, m]: what the native decoder takes."""
-        return [self.qs, self.d, self.m]
+    def weights(self) -> tuple[torch.Tensor, int]:
+        """(tiles, N): what the native decoder takes."""
+        return self.tiles, self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = native.extension().block_linear(x, self.qs, self.d, self.m).to(x.dtype)
+        y = native.extension().block_linear(x, self.tiles, self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
     @staticmethod
+    def fusable(layers: list["BlockLinear"]) -> bool:
+        """Tiles concatenate where the formats agree and every part but the last fills its tiles."""
+        return len({m.tiles.shape[1:] for m in layers}) == 1 and all(m.out_features % 16 == 0 for m in layers[:-1])
+
+    @staticmethod
     def fuse(layers: list["BlockLinear"]) -> "BlockLinear":
-        """One layer with the given layers' output rows side by side; blocks are per row, so this is
-        a concatenation, and the originals become views of it (no memory is duplicated)."""
+        """One layer with the given layers' output columns side by side: a concatenation of their
+        tiles, and the originals become views of it (no memory is duplicated)."""
         biases = [m.bias for m in layers]
         bias = None if any(b is None for b in biases) else nn.Parameter(torch.cat(biases), requires_grad=False)
-        fused = BlockLinear(torch.cat([m.qs for m in layers]), torch.cat([m.d for m in layers]),
-                            torch.cat([m.m for m in layers]) if layers[0].bits == 4 else None, bias)
+        fused = BlockLinear(torch.cat([m.tiles for m in layers]), sum(m.out_features for m in layers), bias)
         start = 0
         for m in layers:
-            rows = slice(start, start + m.out_features)
-            m.qs, m.d = fused.qs[rows], fused.d[rows]
-            if m.bits == 4:
-                m.m = fused.m[rows]
-            start += m.out_features
+            m.tiles = fused.tiles[start : start + m.tiles.shape[0]]
+            start += m.tiles.shape[0]
         return fused

@@ -131,7 +131,7 @@ def _onto_blocks(model: PreTrainedModel, packed: dict[str, torch.Tensor], requan
     for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         if f"{name}.qs" in packed:
-            new = BlockLinear(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias)
+            new = BlockLinear.from_blocks(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias)
         elif requantize:
             new = BlockLinear.from_linear(linear, bits=8 if name == "lm_head" else 4)
         else:

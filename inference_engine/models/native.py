@@ -40,7 +40,7 @@ def _cpu_flags() -> str:
 
 def build_dir() -> Path:
     key = hashlib.sha256(b"\0".join(s.encode() if isinstance(s, str) else s for s in (
-        SOURCE.read_bytes(), torch.__version__, platform.machine(), _cpu_flags()))).hexdigest()[:16]
+        *(f.read_bytes() for f in sorted(SOURCE.parent.glob("*.[ch]*"))), torch.__version__, platform.machine(), _cpu_flags()))).hexdigest()[:16]
     return default_cache_dir() / "native" / key
 
 

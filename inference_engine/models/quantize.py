@@ -158,7 +158,7 @@ def fusable(layers: list[nn.Module]) -> bool:
     return kind in (nn.Linear, Int8Linear, Int4Linear, BlockLinear) and all(type(m) is kind for m in layers) \
         and len({m.bias is None for m in layers}) == 1 \
         and (kind is not Int4Linear or len({m.group_size for m in layers}) == 1) \
-        and (kind is not BlockLinear or len({m.bits for m in layers}) == 1)
+        and (kind is not BlockLinear or BlockLinear.fusable(layers))
 
 
 @torch.inference_mode()

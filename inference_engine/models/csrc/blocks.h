@@ -1,0 +1,272 @@
+// Block-quantized linear layers: y[M, N] = x[M, K] · Wᵀ over ggml's blocks of 32 weights
+// (Q4_0, Q4_1, Q8_0), rearranged once at load into tiles whose vector lanes are output columns.
+//
+// Why columns in lanes: a row-major block layout makes every block of every column a horizontal
+// job (its 32 products summed across lanes, its scale applied per block pair), about ten vector
+// operations per 64 weights and per activation row. With 16 columns side by side, one vpdpbusd
+// takes 4 weights of each of 16 columns against 4 broadcast activation bytes, the block's integer
+// sums land in the lanes where they belong, and a block costs 8 dot products, one conversion and
+// one or two FMAs for 16 columns — per activation row, with the unpacking shared by all rows.
+// That is what makes a verify of k + 1 rows cost little more than one.
+//
+// Tile layout (`pack_blocks`): output columns in groups of 16 (the last padded with zero columns);
+// group c's tiles for blocks g = 0 .. G-1 are contiguous, one tile per (c, g):
+//   4-bit: 4 chunks of 64 code bytes; chunk s, bytes 4L .. 4L+3 = bytes 4s .. 4s+3 of column L's
+//          ggml block (byte j: weight j in the low nibble, weight j + 16 in the high one); then
+//          16 float16 d; then, for Q4_1 only, 16 float16 m (Q4_0's m is −8d: 18 bytes per 32
+//          weights, as in the file)
+//   8-bit: 8 chunks of 64 code bytes; chunk t, bytes 4L .. 4L+3 = weights 4t .. 4t+3 of column L,
+//          each + 128 (vpdpbusd multiplies unsigned by signed bytes); then 16 float16 d
+// So chunk j's low nibbles (4-bit, j < 4), its high nibbles (as j + 4), or chunk j (8-bit) hold
+// the weights that multiply activation bytes 4j .. 4j+3 of the block.
+//
+// Exactness: y[m][n] is one fixed chain over the blocks, acc = fma(S_g, d_g·dx_g, acc) (then
+// acc = fma(m_g, dx_g·Σqx_g, acc) for Q4_1), S_g an exact integer; the same whichever tile,
+// thread or row count computes it.
+
+constexpr int64_t LANES = 16;  // output columns per tile
+
+inline int64_t tile_bytes(int bits, bool sym) { return bits == 8 ? 512 + 32 : 256 + 32 + (sym ? 0 : 32); }
+
+struct Tiles {
+  int64_t N = 0, K = 0, G = 0, C = 0, TB = 0;  // C = column groups; TB = bytes per tile
+  int bits = 4;
+  bool sym = false;  // 4-bit with m = −8d (Q4_0): no minimums stored
+  const uint8_t* data = nullptr;
+  torch::Tensor keep;
+};
+
+// tiles [C, G, TB] uint8 as pack_blocks made them, for an N-column weight.
+Tiles make_tiles(const torch::Tensor& t, int64_t N) {
+  TORCH_CHECK(t.dim() == 3 && t.scalar_type() == torch::kUInt8 && t.is_contiguous(), "tiles must be contiguous uint8 [C, G, TB]");
+  Tiles w;
+  w.keep = t, w.data = t.data_ptr<uint8_t>();
+  w.C = t.size(0), w.G = t.size(1), w.TB = t.size(2), w.N = N, w.K = w.G * BLOCK;
+  TORCH_CHECK(w.C == (N + LANES - 1) / LANES, "tiles hold ", w.C, " groups of 16 columns, not ", N, " columns");
+  if (w.TB == tile_bytes(8, false)) w.bits = 8;
+  else if (w.TB == tile_bytes(4, true)) w.sym = true;
+  else TORCH_CHECK(w.TB == tile_bytes(4, false), "unknown tile size ", w.TB);
+  return w;
+}
+
+// ggml-layout blocks → tiles. qs: uint8 [N, K/2] nibbles (4-bit) or int8 [N, K] (8-bit); d, m:
+// [N, K/32] (m empty for 8-bit). Q4_1 blocks whose every m is −8d are stored as Q4_0.
+torch::Tensor pack_blocks(torch::Tensor qs, torch::Tensor d, torch::Tensor m) {
+  const int bits = qs.scalar_type() == torch::kUInt8 ? 4 : 8;
+  TORCH_CHECK(bits == 4 || qs.scalar_type() == torch::kInt8, "block codes must be uint8 (4-bit) or int8");
+  qs = qs.contiguous();
+  d = d.to(torch::kHalf).contiguous();
+  const int64_t N = qs.size(0), K = qs.size(1) * (bits == 4 ? 2 : 1), G = K / BLOCK, C = (N + LANES - 1) / LANES;
+  TORCH_CHECK(K % BLOCK == 0 && d.size(0) == N && d.size(1) == G, "block scales do not fit the codes");
+  bool sym = false;
+  if (bits == 4) {
+    m = m.to(torch::kHalf).contiguous();
+    TORCH_CHECK(m.sizes() == d.sizes(), "block minimums do not fit the scales");
+    sym = torch::equal(m.to(torch::kFloat), d.to(torch::kFloat) * -8.f);
+  }
+  const int64_t TB = tile_bytes(bits, sym), rowbytes = bits == 4 ? K / 2 : K, code = bits == 4 ? 256 : 512;
+  auto out = torch::zeros({C, G, TB}, torch::kUInt8);  // padding columns: codes and scales 0
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(qs.data_ptr());
+  const at::Half* ds = d.data_ptr<at::Half>();
+  const at::Half* ms = bits == 4 ? m.data_ptr<at::Half>() : nullptr;
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t g = 0; g < G; g++) {
+        uint8_t* t = dst + (c * G + g) * TB;
+        for (int64_t L = 0; L < LANES && c * LANES + L < N; L++) {
+          const int64_t n = c * LANES + L;
+          const uint8_t* b = src + n * rowbytes + g * (rowbytes / G);
+          for (int j = 0; j < code / 64; j++)
+            for (int e = 0; e < 4; e++) t[64 * j + 4 * L + e] = bits == 4 ? b[4 * j + e] : b[4 * j + e] ^ 0x80;
+          reinterpret_cast<at::Half*>(t + code)[L] = ds[n * G + g];
+          if (bits == 4 && !sym) reinterpret_cast<at::Half*>(t + code + 32)[L] = ms[n * G + g];
+        }
+      }
+  });
+  return out;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// The activations are quantized as llama.cpp quantizes them (ggml's Q8 blocks: x ≈ dx·qx per block
+// of 32, qx ∈ [−127, 127]) and multiply the weights as integers; the block sums are exact.
+constexpr const char* KERNEL = "avx512-vnni (q8 activations, 16-column tiles)";
+constexpr const char* ACTIVATIONS = "q8";
+
+struct QRows {
+  int64_t K = 0, G = 0;
+  std::vector<int8_t> q;     // [M, K]
+  std::vector<float> dx;     // [M, G] block scales
+  std::vector<float> sx;     // [M, G] dx · Σ qx (Q4_1's minimum term)
+  std::vector<int32_t> sum;  // [M, G] Σ qx (Q4_0's −8 and Q8_0's −128 offsets)
+};
+
+QRows quantize_rows(const float* x, int64_t M, int64_t K) {
+  QRows r;
+  r.K = K, r.G = K / BLOCK;
+  r.q.resize(M * K), r.dx.resize(M * r.G), r.sx.resize(M * r.G), r.sum.resize(M * r.G);
+  at::parallel_for(0, M * r.G, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {  // i = row · G + block
+      const float* xb = x + i * BLOCK;  // rows are K = G · 32 floats apart
+      const v16 a = load(xb), b = load(xb + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+      const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+      // rounded to nearest even, as std::nearbyint does (MXCSR default)
+      const __m512i qa = _mm512_cvtps_epi32(mul(a, splat(id))), qb = _mm512_cvtps_epi32(mul(b, splat(id)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + i * BLOCK), _mm512_cvtsepi32_epi8(qa));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + i * BLOCK + 16), _mm512_cvtsepi32_epi8(qb));
+      const int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+      r.dx[i] = d, r.sum[i] = s, r.sx[i] = d * static_cast<float>(s);
+    }
+  });
+  return r;
+}
+
+// MRT activation rows × CG column groups, all G blocks. Fixed MRT and CG: fully unrolled.
+template <int BITS, bool SYM, int MRT, int CG>
+void tile(const QRows& xq, int64_t m0, const Tiles& w, int64_t c0, float* y, bool add) {
+  constexpr int CODE = BITS == 4 ? 256 : 512;
+  constexpr int32_t OFFSET = BITS == 8 ? -128 : (SYM ? -8 : 0);  // the codes' zero point
+  constexpr int64_t AHEAD = 4;  // tiles prefetched ahead on each column group's stream
+  const int64_t G = w.G, TB = w.TB;
+  const __m512i nib = _mm512_set1_epi8(15);
+  v16 acc[MRT][CG];
+  for (auto& row : acc)
+    for (auto& a : row) a = zero();
+  for (int64_t g = 0; g < G; g++) {
+    __m512i W[CG][8];
+    v16 dv[CG], mv[CG];
+    for (int c = 0; c < CG; c++) {
+      const uint8_t* t = w.data + ((c0 + c) * G + g) * TB;
+      // one thread alone keeps too few lines in flight to stream DRAM (8 of 30 GB/s measured)
+      // (past the group's last tile: the same group of the next task, which this thread runs next)
+      const uint8_t* next = t + (AHEAD + (g + AHEAD >= G ? (CG - 1) * G : 0)) * TB;
+      for (int64_t off = 0; off < TB; off += 64) _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
+      for (int j = 0; j < CODE / 64; j++) {
+        const __m512i b = _mm512_loadu_si512(t + 64 * j);
+        if constexpr (BITS == 4) {
+          W[c][j] = _mm512_and_si512(b, nib);
+          W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
+        } else {
+          W[c][j] = b;
+        }
+      }
+      dv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE)));
+      if constexpr (BITS == 4 && !SYM) mv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE + 32)));
+    }
+    for (int i = 0; i < MRT; i++) {
+      const int64_t at = (m0 + i) * G + g;
+      const int32_t* xw = reinterpret_cast<const int32_t*>(xq.q.data() + at * BLOCK);
+      const __m512i init = _mm512_set1_epi32(OFFSET * xq.sum[at]);
+      const v16 dx = splat(xq.dx[at]);
+      for (int c = 0; c < CG; c++) {
+        __m512i s0 = init, s1 = _mm512_setzero_si512();  // two chains: the integer sum is exact either way
+        for (int j = 0; j < 8; j += 2) {
+          s0 = _mm512_dpbusd_epi32(s0, W[c][j], _mm512_set1_epi32(xw[j]));
+          s1 = _mm512_dpbusd_epi32(s1, W[c][j + 1], _mm512_set1_epi32(xw[j + 1]));
+        }
+        acc[i][c] = fma(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), mul(dv[c], dx), acc[i][c]);
+        if constexpr (BITS == 4 && !SYM) acc[i][c] = fma(mv[c], splat(xq.sx[at]), acc[i][c]);
+      }
+    }
+  }
+  for (int i = 0; i < MRT; i++)
+    for (int c = 0; c < CG; c++) {
+      const int64_t n0 = (c0 + c) * LANES;
+      const __mmask16 k = w.N - n0 >= LANES ? 0xFFFF : static_cast<__mmask16>((1u << (w.N - n0)) - 1);
+      float* out = y + (m0 + i) * w.N + n0;
+      const v16 v = add ? _mm512_add_ps(_mm512_maskz_loadu_ps(k, out), acc[i][c]) : acc[i][c];
+      _mm512_mask_storeu_ps(out, k, v);
+    }
+}
+
+template <int BITS, bool SYM>
+void qlinear_t(const QRows& xq, int64_t M, const Tiles& w, float* y, bool add) {
+  if (M == 1) {  // four column groups at a time: eight independent integer chains
+    at::parallel_for(0, (w.C + 3) / 4, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        switch (std::min<int64_t>(4, w.C - 4 * r)) {
+          case 1: tile<BITS, SYM, 1, 1>(xq, 0, w, 4 * r, y, add); break;
+          case 2: tile<BITS, SYM, 1, 2>(xq, 0, w, 4 * r, y, add); break;
+          case 3: tile<BITS, SYM, 1, 3>(xq, 0, w, 4 * r, y, add); break;
+          default: tile<BITS, SYM, 1, 4>(xq, 0, w, 4 * r, y, add); break;
+        }
+      }
+    });
+    return;
+  }
+  // rows in as few passes of at most 8 as possible, evenly (9 rows: 5 + 4): each pass unpacks
+  // a column group's weights once for all its rows
+  const int64_t passes = (M + 7) / 8, per = (M + passes - 1) / passes;
+  at::parallel_for(0, w.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t m0 = 0; m0 < M; m0 += per) {
+        switch (std::min(per, M - m0)) {
+          case 1: tile<BITS, SYM, 1, 1>(xq, m0, w, c, y, add); break;
+          case 2: tile<BITS, SYM, 2, 1>(xq, m0, w, c, y, add); break;
+          case 3: tile<BITS, SYM, 3, 1>(xq, m0, w, c, y, add); break;
+          case 4: tile<BITS, SYM, 4, 1>(xq, m0, w, c, y, add); break;
+          case 5: tile<BITS, SYM, 5, 1>(xq, m0, w, c, y, add); break;
+          case 6: tile<BITS, SYM, 6, 1>(xq, m0, w, c, y, add); break;
+          case 7: tile<BITS, SYM, 7, 1>(xq, m0, w, c, y, add); break;
+          default: tile<BITS, SYM, 8, 1>(xq, m0, w, c, y, add); break;
+        }
+      }
+  });
+}
+
+// y[m, n] (+)= x[m] · w[n]; `add`: y += (a residual connection), else y =.
+void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
+  const QRows xq = quantize_rows(x, M, w.K);
+  if (w.bits == 8) qlinear_t<8, false>(xq, M, w, y, add);
+  else if (w.sym) qlinear_t<4, true>(xq, M, w, y, add);
+  else qlinear_t<4, false>(xq, M, w, y, add);
+}
+#else
+// Without VNNI: each tile dequantized to float32 once for all rows (w = d·q + m), then one fma
+// chain per output over k.
+constexpr const char* KERNEL = "float32 (dequantized 16-column tiles)";
+constexpr const char* ACTIVATIONS = "f32";
+
+void dequant_tile(const uint8_t* t, const Tiles& w, float out[BLOCK][LANES]) {
+  const int code = w.bits == 4 ? 256 : 512;
+  const at::Half* d = reinterpret_cast<const at::Half*>(t + code);
+  for (int L = 0; L < LANES; L++) {
+    const float dl = d[L], ml = w.bits == 8 ? 0.f : (w.sym ? -8.f * dl : static_cast<float>(d[16 + L]));
+    for (int j = 0; j < code / 64; j++)
+      for (int e = 0; e < 4; e++) {
+        const uint8_t b = t[64 * j + 4 * L + e];
+        if (w.bits == 8) {
+          out[4 * j + e][L] = dl * static_cast<float>(static_cast<int>(b) - 128);
+        } else {
+          out[4 * j + e][L] = std::fma(dl, static_cast<float>(b & 15), ml);
+          out[16 + 4 * j + e][L] = std::fma(dl, static_cast<float>(b >> 4), ml);
+        }
+      }
+  }
+}
+
+void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
+  at::parallel_for(0, w.C, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<v16> acc(M);
+    alignas(64) float wt[BLOCK][LANES];
+    for (int64_t c = c0; c < c1; c++) {
+      for (auto& a : acc) a = zero();
+      for (int64_t g = 0; g < w.G; g++) {
+        dequant_tile(w.data + (c * w.G + g) * w.TB, w, wt);
+        for (int64_t i = 0; i < M; i++) {
+          const float* xb = x + i * w.K + g * BLOCK;
+          for (int k = 0; k < BLOCK; k++) acc[i] = fma(load(wt[k]), splat(xb[k]), acc[i]);
+        }
+      }
+      const int64_t n0 = c * LANES, nr = std::min(LANES, w.N - n0);
+      for (int64_t i = 0; i < M; i++) {
+        float lanes[LANES];
+        store(lanes, acc[i]);
+        float* out = y + i * w.N + n0;
+        for (int64_t L = 0; L < nr; L++) out[L] = add ? out[L] + lanes[L] : lanes[L];
+      }
+    }
+  });
+}
+#endif
