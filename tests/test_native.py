@@ -22,7 +22,7 @@ from inference_engine.config import EngineConfig, ModelConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.engine.verifier import Verifier
 from inference_engine.models import load_model, native
-from inference_engine.models.block_linear import BlockLinear, pack_nibbles
+from inference_engine.models.block_linear import BlockEmbedding, BlockLinear, pack_nibbles
 from inference_engine.types import SamplingParams, SpeculativeParams
 
 ext = native.extension()
@@ -118,6 +118,27 @@ def test_tiles_hold_the_file_s_blocks(fmt):
     assert layer.tiles.shape == (3, 4, 16 * {"q4_0": 18, "q4_1": 20, "q8_0": 34}[fmt])  # bytes per block of 32
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_embedding_rows_are_the_blocks_dequantized(fmt):
+    """A tied head's rows as token embeddings, bit for bit what transformers' GGUF reader computes
+    in float32: d·(q − 8) for Q4_0, d·q + m for Q4_1 (two roundings), d·q for Q8_0."""
+    qs, d, m = random_blocks(37, 128, fmt, seed=9)
+    ids = torch.tensor([[0, 5], [36, 16]])
+    rows = BlockEmbedding(BlockLinear.from_blocks(qs, d, m))(ids)
+    q = qs.numpy().astype(np.int64)
+    if fmt != "q8_0":
+        b = q.reshape(37, -1, 16)
+        q = np.concatenate([b & 15, b >> 4], axis=-1).reshape(37, -1)
+    df = np.repeat(d.float().numpy(), 32, axis=1)
+    if fmt == "q4_0":
+        want = df * (q - 8).astype(np.float32)
+    elif fmt == "q4_1":
+        want = (df * q.astype(np.float32)) + np.repeat(m.float().numpy(), 32, axis=1)
+    else:
+        want = df * q.astype(np.float32)
+    assert rows.shape == (2, 2, 128) and np.array_equal(rows.numpy(), want[ids.numpy()])
+
+
 def test_nibble_order_is_ggml_s():
     """Byte j of a block holds weight j (low nibble) and weight j + 16 (high nibble)."""
     codes = torch.arange(32).remainder(16)[None].repeat(2, 1)  # weights 0..15, 0..15
@@ -203,13 +224,15 @@ def ref_logits(model, ids: list[int]) -> np.ndarray:
 
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 0, 4340, 525, 498, 30, 151645, 198, 151644, 77091, 198]
+LONG = PROMPT + PROMPT[3:] + PROMPT[:14]  # 43 positions: keys scored in blocks of 16, and a partial one
 
 
-def test_decoder_matches_the_numpy_reference(tiny_gguf):
+@pytest.mark.parametrize("ids", [PROMPT, LONG], ids=["16", "43"])
+def test_decoder_matches_the_numpy_reference(tiny_gguf, ids):
     v = Verifier(tiny_gguf.model)
     assert v.path == "native"
-    logits = v.forward(v.new_cache(), PROMPT, len(PROMPT)).numpy()
-    ref = ref_logits(tiny_gguf.model, PROMPT)
+    logits = v.forward(v.new_cache(), ids, len(ids)).numpy()
+    ref = ref_logits(tiny_gguf.model, ids)
     assert np.abs(logits - ref).max() <= 2e-2 * np.abs(ref).max()
     assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
@@ -218,17 +241,17 @@ def test_a_token_is_the_same_alone_verified_prefilled_or_batched(tiny_gguf):
     """Hidden states of the same positions, bit for bit: one prefill of the whole prompt, the
     prompt in chunks of 1 and 5 (decode steps and verifies), and batched beside another row."""
     v = Verifier(tiny_gguf.model)
-    whole = v.forward(v.new_cache(), PROMPT, len(PROMPT))
-    for chunk in (1, 5):
+    whole = v.forward(v.new_cache(), LONG, len(LONG))
+    for chunk in (1, 5, 17):
         cache, parts = v.new_cache(), []
-        for i in range(0, len(PROMPT), chunk):
-            parts.append(v.forward(cache, PROMPT[i : i + chunk], len(PROMPT[i : i + chunk])))
+        for i in range(0, len(LONG), chunk):
+            parts.append(v.forward(cache, LONG[i : i + chunk], len(LONG[i : i + chunk])))
         assert torch.equal(torch.cat(parts), whole), chunk
     a, b = v.new_cache(), v.new_cache()
-    v.forward(a, PROMPT[:10], 1)
-    v.forward(b, PROMPT[:3], 1)
-    batched = v.forward_batch([a, b], [PROMPT[10:13], PROMPT[3:10]], [3, 7])
-    assert torch.equal(batched[0], whole[10:13]) and torch.equal(batched[1], whole[3:10])
+    v.forward(a, LONG[:30], 1)
+    v.forward(b, LONG[:3], 1)
+    batched = v.forward_batch([a, b], [LONG[30:33], LONG[3:20]], [3, 17])
+    assert torch.equal(batched[0], whole[30:33]) and torch.equal(batched[1], whole[3:20])
 
 
 def test_plain_decoding_is_the_reference_s_argmax(tiny_gguf):
@@ -280,16 +303,17 @@ def test_default_server_configuration_on_a_gguf_is_native(smol_loaded):
 
 
 def test_a_gguf_is_built_straight_onto_its_blocks(smol_loaded, smol_float):
-    """The default load never holds the decoder's float weights (peak RSS), and computes exactly
-    what quantizing a full float load with the same blocks computes."""
+    """The default load never holds the decoder's float weights or a float embedding table (peak
+    RSS), and computes exactly what quantizing a full float load with the same blocks computes:
+    the embedding rows included, which that load took from transformers' own GGUF reader."""
     import copy
 
     from inference_engine.models.loader import _quantize
 
     model = smol_loaded.model
     floats = sum(p.numel() for p in model.parameters())
-    emb = model.get_input_embeddings().weight.numel()
-    assert floats < emb + 100_000  # the embedding and the norms: no linear layer in float
+    assert floats < 100_000  # the norms: no linear layer in float, and the embedding is read from the tied head
+    assert isinstance(model.get_input_embeddings(), BlockEmbedding)
     full = copy.deepcopy(smol_float.model)
     _quantize(full, ModelConfig(), "gguf", smol_float.info.source)
     ids = smol_loaded.tokenizer("The lighthouse keeper counted the ships")["input_ids"]

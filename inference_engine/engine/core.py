@@ -60,7 +60,7 @@ class EngineCore:
         self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
         self.grammars: Optional[GrammarCompiler] = None  # set by LLM, which holds the tokenizer
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, tuple(sorted(self.proposers)),
                              config.speculative)
         self._ids = itertools.count()

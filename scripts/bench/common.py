@@ -30,8 +30,9 @@ def weight_bytes(model: torch.nn.Module) -> int:
     left out, since a step reads one row of it."""
     total = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    if getattr(head, "weight", None) is not emb.weight:
-        total -= emb.weight.numel() * emb.weight.element_size()
+    table = getattr(emb, "weight", None)  # None: read from the head's own blocks (BlockEmbedding)
+    if table is not None and getattr(head, "weight", None) is not table:
+        total -= table.numel() * table.element_size()
     return total
 
 

@@ -87,6 +87,41 @@ torch::Tensor pack_blocks(torch::Tensor qs, torch::Tensor d, torch::Tensor m) {
   return out;
 }
 
+// Rows of the weight (a tied head's rows are the token embeddings) as float32 [len(ids), K], each
+// value dequantized as transformers' GGUF reader does: d·(q − 8), d·q + m (two roundings), d·q.
+torch::Tensor embed_rows(torch::Tensor tiles, int64_t N, torch::Tensor ids) {
+  const Tiles w = make_tiles(tiles, N);
+  ids = ids.to(torch::kLong).contiguous();
+  const int64_t T = ids.numel(), code = w.bits == 4 ? 256 : 512;
+  const int64_t* id = ids.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; t++) TORCH_CHECK(id[t] >= 0 && id[t] < N, "token id ", id[t], " is outside [0, ", N, ")");
+  auto out = torch::empty({T, w.K}, torch::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t t = 0; t < T; t++) {
+    const int64_t c = id[t] / LANES, L = id[t] % LANES;
+    for (int64_t g = 0; g < w.G; g++) {
+      const uint8_t* tile = w.data + (c * w.G + g) * w.TB;
+      const float d = reinterpret_cast<const at::Half*>(tile + code)[L];
+      const float m = w.bits == 4 && !w.sym ? static_cast<float>(reinterpret_cast<const at::Half*>(tile + code + 32)[L]) : 0.f;
+      float* row = o + t * w.K + g * BLOCK;
+      for (int j = 0; j < code / 64; j++)
+        for (int e = 0; e < 4; e++) {
+          const int b = tile[64 * j + 4 * L + e];
+          if (w.bits == 8) {
+            row[4 * j + e] = d * static_cast<float>(b - 128);
+          } else if (w.sym) {
+            row[4 * j + e] = d * static_cast<float>((b & 15) - 8);
+            row[16 + 4 * j + e] = d * static_cast<float>((b >> 4) - 8);
+          } else {
+            row[4 * j + e] = d * static_cast<float>(b & 15) + m;
+            row[16 + 4 * j + e] = d * static_cast<float>(b >> 4) + m;
+          }
+        }
+    }
+  }
+  return out;
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 // The activations are quantized as llama.cpp quantizes them (ggml's Q8 blocks: x ≈ dx·qx per block
 // of 32, qx ∈ [−127, 127]) and multiply the weights as integers; the block sums are exact.

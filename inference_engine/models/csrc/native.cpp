@@ -31,8 +31,37 @@ inline v16 splat(float x) { return _mm512_set1_ps(x); }
 inline v16 zero() { return _mm512_setzero_ps(); }
 inline v16 fma(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
 inline v16 add(v16 a, v16 b) { return _mm512_add_ps(a, b); }
+inline v16 sub(v16 a, v16 b) { return _mm512_sub_ps(a, b); }
 inline v16 mul(v16 a, v16 b) { return _mm512_mul_ps(a, b); }
 inline v16 div(v16 a, v16 b) { return _mm512_div_ps(a, b); }
+inline v16 vmax(v16 a, v16 b) { return _mm512_max_ps(a, b); }
+inline float hmax(v16 a) { return _mm512_reduce_max_ps(a); }  // max is exact in any order
+inline v16 first(v16 v, int64_t n, float fill) {  // lanes n.. replaced by fill
+  return _mm512_mask_blend_ps(n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1), splat(fill), v);
+}
+// e^x per lane (Cephes' expf: x = n·ln2 + r, a degree-6 polynomial in r, times 2^n), for x ≤ 0.
+inline v16 exp16(v16 x) {
+  x = _mm512_max_ps(x, splat(-87.3f));
+  const v16 n = _mm512_roundscale_ps(mul(x, splat(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v16 r = _mm512_fnmadd_ps(n, splat(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, splat(-2.12194440e-4f), r);
+  v16 p = splat(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) p = fma(p, r, splat(c));
+  return _mm512_scalef_ps(add(fma(mul(p, r), r, r), splat(1.f)), n);
+}
+// Lane j: the sum of a[j]'s 16 lanes by one fixed tree (lanes i + 2 within each quarter, then
+// i + 1, then the quarters 0+1 and 2+3, then the two halves), whatever the other vectors hold.
+inline v16 transpose_sum(const v16* a) {
+  v16 b[8], c[4];
+  for (int i = 0; i < 8; i++) b[i] = add(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; i++) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = add(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const v16 d0 = add(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+  const v16 d1 = add(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+  return add(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
+}
 // A fixed pairwise tree (lanes i + 8, then i + 4, i + 2, i + 1), the same as the generic one below.
 inline float hsum(v16 a) {
   __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
@@ -52,6 +81,7 @@ inline v16 fma(v16 a, v16 b, v16 c) {
   return r;
 }
 inline v16 add(v16 a, v16 b) { return a + b; }
+inline v16 sub(v16 a, v16 b) { return a - b; }
 inline v16 mul(v16 a, v16 b) { return a * b; }
 inline v16 div(v16 a, v16 b) { return a / b; }
 inline float hsum(v16 a) {
@@ -60,6 +90,25 @@ inline float hsum(v16 a) {
   for (int w = 8; w > 0; w /= 2)
     for (int i = 0; i < w; i++) s[i] += s[i + w];
   return s[0];
+}
+inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+inline float hmax(v16 a) {
+  float m = a[0];
+  for (int i = 1; i < 16; i++) m = std::max(m, a[i]);
+  return m;
+}
+inline v16 first(v16 v, int64_t n, float fill) {
+  for (int64_t i = n; i < 16; i++) v[i] = fill;
+  return v;
+}
+inline v16 exp16(v16 x) {
+  for (int i = 0; i < 16; i++) x[i] = std::exp(x[i]);
+  return x;
+}
+inline v16 transpose_sum(const v16* a) {
+  v16 r;
+  for (int j = 0; j < 16; j++) r[j] = hsum(a[j]);
+  return r;
 }
 #endif
 
@@ -104,27 +153,52 @@ void rope(float* x, const float* cos, const float* sin, int64_t D) {
   for (int64_t i = h; i < D; i++) x[i] = tmp[i] * cos[i] + tmp[i - h] * sin[i];
 }
 
-// One query row over keys [0, L) of one KV head: softmax(q·kᵀ·scale) · v into out [D].
+// scores[j] = (q · k_j)·scale for 16 keys (the first n real): one fma chain over D per key, then
+// transpose_sum, so a key's score is the same whichever block of 16 it falls in.
+void score16(const float* q, const float* keys, int64_t n, int64_t D, float scale, float* scores) {
+  v16 a[16];
+  for (int64_t j = 0; j < 16; j++) {
+    v16 acc = zero();
+    for (int64_t e = 0; j < n && e < D; e += 16) acc = fma(load(q + e), load(keys + j * D + e), acc);
+    a[j] = acc;
+  }
+  store(scores, mul(transpose_sum(a), splat(scale)));
+}
+
+// out [D] = Σ_j p_j·v_j / sum over keys in position order; DV = D/16 chains side by side (0: any D).
+template <int DV>
+void weigh(const float* p, const float* values, int64_t L, int64_t D, float sum, float* out) {
+  constexpr int64_t MAXV = 64;  // D ≤ 1024
+  const int64_t nv = DV ? DV : D / 16;
+  v16 acc[DV ? DV : MAXV];
+  for (int64_t e = 0; e < nv; e++) acc[e] = zero();
+  for (int64_t j = 0; j < L; j++) {
+    const v16 pj = splat(p[j]);
+    for (int64_t e = 0; e < nv; e++) acc[e] = fma(pj, load(values + j * D + 16 * e), acc[e]);
+  }
+  for (int64_t e = 0; e < nv; e++) store(out + 16 * e, div(acc[e], splat(sum)));
+}
+
+// One query row over keys [0, L) of one KV head: softmax(q·kᵀ·scale) · v into out [D]; `scores`
+// has room for L rounded up to 16. Every value depends on L and the keys alone.
 void attend_one(const float* q, const float* keys, const float* values, int64_t L, int64_t D, float scale,
                 float* scores, float* out) {
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < L; j++) {
-    const float* k = keys + j * D;
-    v16 acc = zero();
-    for (int64_t e = 0; e < D; e += 16) acc = fma(load(q + e), load(k + e), acc);
-    scores[j] = hsum(acc) * scale;
-    mx = std::max(mx, scores[j]);
+  v16 mx = splat(-INFINITY);
+  for (int64_t j = 0; j < L; j += 16) {
+    score16(q, keys + j * D, std::min<int64_t>(16, L - j), D, scale, scores + j);
+    mx = vmax(mx, first(load(scores + j), L - j, -INFINITY));
   }
-  float sum = 0.f;
-  for (int64_t j = 0; j < L; j++) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
+  const v16 top = splat(hmax(mx));
+  v16 sum = zero();
+  for (int64_t j = 0; j < L; j += 16) {
+    const v16 e = first(exp16(sub(load(scores + j), top)), L - j, 0.f);
+    store(scores + j, e);
+    sum = add(sum, e);
   }
-  for (int64_t e = 0; e < D; e += 16) {
-    v16 acc = zero();
-    for (int64_t j = 0; j < L; j++) acc = fma(splat(scores[j]), load(values + j * D + e), acc);
-    store(out + e, div(acc, splat(sum)));
-  }
+  const float total = hsum(sum);
+  if (D == 64) weigh<4>(scores, values, L, D, total, out);
+  else if (D == 128) weigh<8>(scores, values, L, D, total, out);
+  else weigh<0>(scores, values, L, D, total, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +299,7 @@ class Decoder {
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
     const int64_t group = Hq / Hkv;
     at::parallel_for(0, Hq * T, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<float> scores(start + T);
+      std::vector<float> scores((start + T + 15) / 16 * 16);
       for (int64_t i = i0; i < i1; i++) {
         const int64_t hq = i / T, t = i % T, g = hq / group;
         attend_one(qkv + t * QKV + hq * D, kd + g * cap * D, vd + g * cap * D, start + t + 1, D, scale,
@@ -258,6 +332,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("kernel") = KERNEL;
   m.attr("activations") = ACTIVATIONS;  // "q8" (ggml Q8 blocks, integer dot products) or "f32"
   m.def("pack_blocks", &pack_blocks, "ggml-layout blocks (qs, d, m) → 16-column tiles [C, G, bytes]");
+  m.def("embed_rows", &embed_rows, "rows ids of a weight in tiles, dequantized to float32");
   m.def("block_linear", &block_linear, "y = x · Wᵀ for a weight in tiles with N columns");
   py::class_<Decoder>(m, "Decoder")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, double>())
