@@ -59,6 +59,7 @@ ISO = "tests/test_isolation.py"
 ENG = "tests/test_engine_faults.py"
 ADAPT = "kv_cache_proposer/adaptive.py"
 NATIVE = "inference_engine/models/csrc/native.cpp"
+BLOCKS = "inference_engine/models/csrc/blocks.h"
 NAT = "tests/test_native.py"
 DIRECTORY = "inference_engine/cluster/directory.py"
 DIR_TEST = "tests/test_session_directory.py"
@@ -310,13 +311,24 @@ MUTANTS: list[Mutant] = [
     Mutant("trim_into_evicted_positions", "inference_engine/cache/kv_cache.py",
            "self.length - n - self.oldest < self.window.window - 1", "False",
            ("tests/test_kv_window.py::test_rewinding_into_evicted_positions_prefills_again",)),
-    # the native CPU step (models/csrc/native.cpp; each mutant rebuilds it, ~30 s): the block layout,
-    # the Q4_1 minimum, the KV write by position, the causal length
-    Mutant("native_high_nibble_misread", NATIVE, "_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), 1);",
-           "_mm256_and_si256(_mm256_srli_epi16(b, 3), m4), 1);",
+    # the native CPU step (models/csrc/; each mutant rebuilds it, ~35 s): the tile layout, the block
+    # formats' zero points and minimums, Q6_K's high bits, the KV write by position, the causal
+    # length, the last key of a block of 16
+    Mutant("native_high_nibble_misread", BLOCKS, "W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);",
+           "W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 3), nib);",
            (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
-    Mutant("native_q4_1_minimum_dropped", NATIVE, "        v += hsum(am);", "        (void)am;",
+    Mutant("native_q4_1_minimum_dropped", BLOCKS,
+           "if constexpr (BITS == 4 && !SYM) acc[i][c] = fma(mv[c], splat(xq.sx[at]), acc[i][c]);", "(void)0;",
            (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
+    Mutant("native_q4_0_zero_point_dropped", BLOCKS, "BITS == 8 ? -128 : (SYM ? -8 : 0);", "BITS == 8 ? -128 : 0;",
+           (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
+    Mutant("native_q6_k_high_bits_misplaced", BLOCKS,
+           "Wh[1] = _mm512_or_si512(Wh[1], _mm512_and_si512(_mm512_slli_epi16(hb, 2), top));",
+           "Wh[1] = _mm512_or_si512(Wh[1], _mm512_and_si512(_mm512_slli_epi16(hb, 4), top));",
+           (f"{NAT}::test_a_q6_k_head_computes_gguf_py_s_weights",)),
+    Mutant("native_last_key_of_a_block_unscored", NATIVE, "std::min<int64_t>(16, L - j), D, scale, scores + j);",
+           "std::min<int64_t>(15, L - j), D, scale, scores + j);",
+           (f"{NAT}::test_decoder_matches_the_numpy_reference",)),
     Mutant("native_kv_written_at_the_first_position", NATIVE, "const int64_t p = (g * cap + start + t) * D;",
            "const int64_t p = (g * cap + start) * D;",
            (f"{NAT}::test_decoder_matches_the_numpy_reference", f"{NAT}::test_a_token_is_the_same_alone_verified_prefilled_or_batched")),

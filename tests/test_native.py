@@ -54,20 +54,22 @@ def ref_blocks(layer: BlockLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, d, m
 
 
-def ref_linear(x: np.ndarray, layer: BlockLinear) -> np.ndarray:
-    """y [M, N] float64 for x [M, K] float32, as the kernel in use defines it."""
-    codes, d, m = ref_blocks(layer)
-    N, K = codes.shape
+def ref_linear(x: np.ndarray, layer: BlockLinear, weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """y [M, N] float64 for x [M, K] float32, as the kernel in use defines it: over the weights
+    `weight` [N, K] (float) or, by default, the blocks read from the tiles by hand."""
+    if weight is None:
+        codes, d, m = ref_blocks(layer)
+        N, K = codes.shape
+        weight = (codes.reshape(N, -1, 32) * d[..., None] + m[..., None]).reshape(N, K)
     if ext.activations == "f32":
-        w = (codes.reshape(N, -1, 32) * d[..., None] + m[..., None]).reshape(N, K)
-        return x.astype(np.float64) @ w.T
+        return x.astype(np.float64) @ weight.astype(np.float64).T
     xb = x.astype(np.float32).reshape(x.shape[0], -1, 32)  # [M, G, 32]
     amax = np.abs(xb).max(-1)
     inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
     qx = np.rint((xb * inv[..., None]).astype(np.float32)).astype(np.int64)
     dx = (amax / np.float32(127)).astype(np.float64)  # [M, G]
-    isum = np.einsum("ngj,mgj->mng", codes.reshape(N, -1, 32), qx)  # exact integers
-    return (isum * d[None] * dx[:, None]).sum(-1) + ((m[None] * (dx * qx.sum(-1))[:, None]).sum(-1))
+    w = weight.astype(np.float64).reshape(weight.shape[0], -1, 32)
+    return np.einsum("ngj,mgj,mg->mn", w, qx.astype(np.float64), dx)  # Σ_g dx_g · (w_g · qx_g)
 
 
 FORMATS = ("q4_0", "q4_1", "q8_0")
@@ -137,6 +139,35 @@ def test_embedding_rows_are_the_blocks_dequantized(fmt):
     else:
         want = df * q.astype(np.float32)
     assert rows.shape == (2, 2, 128) and np.array_equal(rows.numpy(), want[ids.numpy()])
+
+
+def random_q6k(N: int, K: int, seed: int) -> np.ndarray:
+    """Q6_K rows [N, K/256·210] of random bytes (any bytes are valid codes and scales), d > 0."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (N, K // 256, 210), dtype=np.uint8)
+    blocks[..., 208:210] = (rng.random((N, K // 256, 1)) * 0.002 + 1e-4).astype(np.float16).view(np.uint8)
+    return blocks.reshape(N, -1)
+
+
+def test_a_q6_k_head_computes_gguf_py_s_weights():
+    """The Q6_K head llama.cpp's quantizer writes: decoded, tiled and multiplied, against
+    gguf-py's own dequantization (the reader transformers uses), and its rows as embeddings
+    bit for bit."""
+    import gguf
+
+    from inference_engine.models.gguf_blocks import q6k_codes
+
+    raw = random_q6k(37, 512, seed=11)
+    weight = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q6_K).reshape(37, 512)  # float32
+    layer = BlockLinear.from_q6k(*(torch.from_numpy(a) for a in q6k_codes(raw)))
+    assert (layer.bits, layer.in_features, layer.tiles.shape) == (6, 512, (3, 2, 3360))  # 26.25 bytes per 32 weights
+    x = torch.randn(9, 512, generator=torch.Generator().manual_seed(12))
+    ref = ref_linear(x.numpy(), layer, weight)
+    y = layer(x)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert torch.equal(layer(x[4:6]), y[4:6])  # rows independent here too
+    ids = torch.tensor([0, 17, 36])
+    assert np.array_equal(BlockEmbedding(layer)(ids).numpy(), weight[ids.numpy()])
 
 
 def test_nibble_order_is_ggml_s():

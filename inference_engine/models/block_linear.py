@@ -42,14 +42,15 @@ def _blocks(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, Opt
 class BlockLinear(nn.Module):
     """`tiles`: uint8 [ceil(N/16), K/32, bytes], ggml's blocks rearranged with 16 output columns
     side by side (csrc/blocks.h describes the layout); Q4_0 keeps its 18 bytes per 32 weights,
-    Q4_1 20, Q8_0 34. Built from ggml-layout blocks by `from_blocks`."""
+    Q4_1 20, Q8_0 34, Q6_K 26.25. Built from ggml-layout blocks by `from_blocks` / `from_q6k`."""
 
-    TILE_BYTES = {288: (4, True), 320: (4, False), 544: (8, False)}  # → (bits, Q4_0-style)
+    TILE_BYTES = {288: (4, True), 320: (4, False), 544: (8, False), 3360: (6, False)}  # → (bits, Q4_0-style)
 
     def __init__(self, tiles: torch.Tensor, out_features: int, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.bits, self.sym = self.TILE_BYTES[tiles.shape[2]]
-        self.out_features, self.in_features = out_features, tiles.shape[1] * BLOCK
+        self.out_features = out_features
+        self.in_features = tiles.shape[1] * (256 if self.bits == 6 else BLOCK)  # Q6_K: super-blocks of 256
         self.register_buffer("tiles", tiles.contiguous())
         self.bias = bias
 
@@ -59,6 +60,11 @@ class BlockLinear(nn.Module):
         8-bit), as ggml stores them; Q4_1 blocks whose every m is −8d are kept as Q4_0."""
         m = m if m is not None else torch.zeros(0)
         return cls(native.extension().pack_blocks(qs, d.half(), m.half()), qs.shape[0], bias)
+
+    @classmethod
+    def from_q6k(cls, q: torch.Tensor, sc: torch.Tensor, d: torch.Tensor, bias=None) -> "BlockLinear":
+        """Q6_K: q int8 [N, K] codes − 32 (∈ [−32, 31]), sc int8 [N, K/16], d [N, K/256]."""
+        return cls(native.extension().pack_q6k(q, sc, d.half()), q.shape[0], bias)
 
     @classmethod
     def q4(cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias=None) -> "BlockLinear":

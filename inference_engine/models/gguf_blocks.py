@@ -60,9 +60,25 @@ def _q4(t, Q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(raw.shape[0], -1), d, m  # codes [N, K]
 
 
+def q6k_codes(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q6_K tensor's rows of 210-byte blocks [N, K/256·210] → codes − 32 int8 [N, K], scales int8
+    [N, K/16], d float16 [N, K/256]; the bit order is gguf-py's `Q6_K.dequantize_blocks`."""
+    N = raw.shape[0]
+    blocks = raw.reshape(N, -1, 210)  # [N, S, ql 128 | qh 64 | scales 16 | d 2]
+    S = blocks.shape[1]
+    ql, qh = blocks[..., :128], blocks[..., 128:192]
+    ql = (ql.reshape(N, S, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)) & 0x0F
+    qh = (qh.reshape(N, S, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)) & 0x03
+    q = (ql.reshape(N, S, 2, 4, 32) | (qh.reshape(N, S, 2, 4, 32) << 4)).astype(np.int8) - np.int8(32)
+    scales = blocks[..., 192:208].copy().view(np.int8).reshape(N, S * 16)
+    d = blocks[..., 208:210].copy().view(np.float16).reshape(N, S)
+    return q.reshape(N, S * 256), scales, d
+
+
 def read_head(path: Path) -> dict[str, torch.Tensor]:
     """The output head's blocks in ggml's layout ("qs", "d", and "m" for 4-bit): `output.weight`,
-    or the tied `token_embd.weight` where the file has no separate head; {} unless Q8_0, Q4_0 or Q4_1."""
+    or the tied `token_embd.weight` where the file has no separate head; Q6_K as ("q6", "sc", "d")
+    (q6k_codes); {} unless Q8_0, Q4_0, Q4_1 or Q6_K."""
     import gguf
 
     from .block_linear import pack_nibbles
@@ -74,6 +90,8 @@ def read_head(path: Path) -> dict[str, torch.Tensor]:
         codes, d, m = _q4(t, Q)
         return {"qs": pack_nibbles(torch.from_numpy(codes.astype(np.int32))), "d": torch.from_numpy(d).half(),
                 "m": torch.from_numpy(m).half()}
+    if t is not None and t.tensor_type == Q.Q6_K:  # what llama.cpp's quantizer writes for the head
+        return dict(zip(("q6", "sc", "d"), (torch.from_numpy(a) for a in q6k_codes(np.asarray(t.data, dtype=np.uint8)))))
     if t is None or t.tensor_type != Q.Q8_0:
         return {}
     raw = np.asarray(t.data, dtype=np.uint8)
@@ -84,7 +102,7 @@ def read_head(path: Path) -> dict[str, torch.Tensor]:
 
 
 def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) -> dict[str, torch.Tensor]:
-    """The file's Q4 layers and its head (Q8_0, Q4_0 or Q4_1) in the native kernels' tiles
+    """The file's Q4 layers and its head (Q8_0, Q4_0, Q4_1 or Q6_K) in the native kernels' tiles
     ("<layer>.tiles", and "<layer>.n": its output columns), read and rearranged once and kept in
     `cache` (a safetensors file beside the converted checkpoint): parsing the GGUF's metadata
     alone takes seconds, loading the cache a fraction of one, and the loaded tiles are the
@@ -97,12 +115,16 @@ def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) ->
     if cache.exists():
         return load_file(cache)
     blocks = {name: (pack_nibbles(codes), d.half(), m.half()) for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items()}
-    head = read_head(path)
-    if head:
-        blocks["lm_head"] = (head["qs"], head["d"], head.get("m", torch.zeros(0)))
     out = {}
     for name, (qs, d, m) in blocks.items():
         out.update({f"{name}.tiles": native.extension().pack_blocks(qs, d, m), f"{name}.n": torch.tensor([qs.shape[0]])})
+    head = read_head(path)
+    if "q6" in head:
+        out["lm_head.tiles"] = native.extension().pack_q6k(head["q6"], head["sc"], head["d"])
+    elif head:
+        out["lm_head.tiles"] = native.extension().pack_blocks(head["qs"], head["d"], head.get("m", torch.zeros(0)))
+    if head:
+        out["lm_head.n"] = torch.tensor([next(iter(head.values())).shape[0]])
     tmp = cache.with_name(cache.name + ".tmp")
     save_file(out, tmp)
     tmp.replace(cache)  # atomic: a crash never leaves half a cache

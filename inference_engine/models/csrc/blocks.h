@@ -17,6 +17,12 @@
 //          weights, as in the file)
 //   8-bit: 8 chunks of 64 code bytes; chunk t, bytes 4L .. 4L+3 = weights 4t .. 4t+3 of column L,
 //          each + 128 (vpdpbusd multiplies unsigned by signed bytes); then 16 float16 d
+//   6-bit (Q6_K, the head llama.cpp's quantizer writes): super-blocks of 256 weights, eight tiles of
+//          416 bytes then the 16 columns' float16 d (3,360 bytes: Q6_K's 6.5625 bits per weight).
+//          A tile: the codes' low 4 bits as the 4-bit layout (256 bytes); their high 2 bits, for
+//          weights 0..15 then 16..31 (2 × 64 bytes: byte 4L + e holds, at bits 2j, those of
+//          weight 4j + e of column L); the two sub-blocks' int8 scales (16 + 16 bytes).
+//          w = (d·sc)·(q − 32), q ∈ [0, 63], as transformers' GGUF reader computes it.
 // So chunk j's low nibbles (4-bit, j < 4), its high nibbles (as j + 4), or chunk j (8-bit) hold
 // the weights that multiply activation bytes 4j .. 4j+3 of the block.
 //
@@ -27,26 +33,77 @@
 constexpr int64_t LANES = 16;  // output columns per tile
 
 inline int64_t tile_bytes(int bits, bool sym) { return bits == 8 ? 512 + 32 : 256 + 32 + (sym ? 0 : 32); }
+constexpr int64_t Q6_TILE = 256 + 128 + 32, Q6_SUPER = 8 * Q6_TILE + 32;
 
 struct Tiles {
-  int64_t N = 0, K = 0, G = 0, C = 0, TB = 0;  // C = column groups; TB = bytes per tile
+  int64_t N = 0, K = 0, G = 0, C = 0;  // G blocks of 32; C groups of 16 columns
+  int64_t per = 1, TB = 0, sub = 0;    // blocks per stored group (8 for Q6_K), its bytes, a block's tile bytes
   int bits = 4;
   bool sym = false;  // 4-bit with m = −8d (Q4_0): no minimums stored
   const uint8_t* data = nullptr;
   torch::Tensor keep;
+  const uint8_t* tile(int64_t c, int64_t g) const { return data + (c * (G / per) + g / per) * TB + (g % per) * sub; }
+  const uint8_t* q6_d(int64_t c, int64_t g) const { return data + (c * (G / per) + g / per) * TB + per * sub; }
 };
 
-// tiles [C, G, TB] uint8 as pack_blocks made them, for an N-column weight.
+// tiles [C, G / per, TB] uint8 as pack_blocks / pack_q6k made them, for an N-column weight.
 Tiles make_tiles(const torch::Tensor& t, int64_t N) {
   TORCH_CHECK(t.dim() == 3 && t.scalar_type() == torch::kUInt8 && t.is_contiguous(), "tiles must be contiguous uint8 [C, G, TB]");
   Tiles w;
   w.keep = t, w.data = t.data_ptr<uint8_t>();
-  w.C = t.size(0), w.G = t.size(1), w.TB = t.size(2), w.N = N, w.K = w.G * BLOCK;
+  w.C = t.size(0), w.TB = t.size(2), w.N = N;
   TORCH_CHECK(w.C == (N + LANES - 1) / LANES, "tiles hold ", w.C, " groups of 16 columns, not ", N, " columns");
-  if (w.TB == tile_bytes(8, false)) w.bits = 8;
+  if (w.TB == Q6_SUPER) w.bits = 6, w.per = 8;
+  else if (w.TB == tile_bytes(8, false)) w.bits = 8;
   else if (w.TB == tile_bytes(4, true)) w.sym = true;
   else TORCH_CHECK(w.TB == tile_bytes(4, false), "unknown tile size ", w.TB);
+  w.G = t.size(1) * w.per, w.K = w.G * BLOCK, w.sub = w.bits == 6 ? Q6_TILE : w.TB;
   return w;
+}
+
+// Q6_K → tiles. q: int8 [N, K] codes − 32 (∈ [−32, 31]); sc: int8 [N, K/16]; d: [N, K/256].
+torch::Tensor pack_q6k(torch::Tensor q, torch::Tensor sc, torch::Tensor d) {
+  q = q.to(torch::kChar).contiguous(), sc = sc.to(torch::kChar).contiguous(), d = d.to(torch::kHalf).contiguous();
+  const int64_t N = q.size(0), K = q.size(1), S = K / 256, C = (N + LANES - 1) / LANES;
+  TORCH_CHECK(K % 256 == 0 && sc.size(0) == N && sc.size(1) == K / 16 && d.size(0) == N && d.size(1) == S,
+              "Q6_K codes, scales and d do not fit");
+  auto out = torch::zeros({C, S, Q6_SUPER}, torch::kUInt8);
+  const int8_t* qs = q.data_ptr<int8_t>();
+  const int8_t* scs = sc.data_ptr<int8_t>();
+  const at::Half* ds = d.data_ptr<at::Half>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; c++)
+      for (int64_t s = 0; s < S; s++) {
+        uint8_t* sup = dst + (c * S + s) * Q6_SUPER;
+        for (int64_t L = 0; L < LANES && c * LANES + L < N; L++) {
+          const int64_t n = c * LANES + L;
+          reinterpret_cast<at::Half*>(sup + 8 * Q6_TILE)[L] = ds[n * S + s];
+          for (int64_t t = 0; t < 8; t++) {
+            const int64_t g = s * 8 + t;
+            uint8_t* tile = sup + t * Q6_TILE;
+            const int8_t* w = qs + n * K + g * BLOCK;
+            for (int j = 0; j < 4; j++)
+              for (int e = 0; e < 4; e++) {
+                const int lo = w[4 * j + e] + 32, hi = w[16 + 4 * j + e] + 32;  // ∈ [0, 63]
+                tile[64 * j + 4 * L + e] = static_cast<uint8_t>((lo & 15) | ((hi & 15) << 4));
+                tile[256 + 4 * L + e] |= static_cast<uint8_t>(((lo >> 4) & 3) << (2 * j));
+                tile[320 + 4 * L + e] |= static_cast<uint8_t>(((hi >> 4) & 3) << (2 * j));
+              }
+            tile[384 + L] = static_cast<uint8_t>(scs[n * (K / 16) + 2 * g]);
+            tile[400 + L] = static_cast<uint8_t>(scs[n * (K / 16) + 2 * g + 1]);
+          }
+        }
+      }
+  });
+  return out;
+}
+
+// A Q6_K tile's code of column L, weight k (∈ [0, 63]).
+inline int q6_code(const uint8_t* tile, int64_t L, int k) {
+  const int j = (k % 16) / 4, e = k % 4, hi = k >= 16;
+  const int low = (tile[64 * j + 4 * L + e] >> (4 * hi)) & 15;
+  return low | (((tile[256 + 64 * hi + 4 * L + e] >> (2 * j)) & 3) << 4);
 }
 
 // ggml-layout blocks → tiles. qs: uint8 [N, K/2] nibbles (4-bit) or int8 [N, K] (8-bit); d, m:
@@ -88,11 +145,12 @@ torch::Tensor pack_blocks(torch::Tensor qs, torch::Tensor d, torch::Tensor m) {
 }
 
 // Rows of the weight (a tied head's rows are the token embeddings) as float32 [len(ids), K], each
-// value dequantized as transformers' GGUF reader does: d·(q − 8), d·q + m (two roundings), d·q.
+// value dequantized as transformers' GGUF reader does: d·(q − 8), d·q + m (two roundings), d·q,
+// (d·sc)·(q − 32).
 torch::Tensor embed_rows(torch::Tensor tiles, int64_t N, torch::Tensor ids) {
   const Tiles w = make_tiles(tiles, N);
   ids = ids.to(torch::kLong).contiguous();
-  const int64_t T = ids.numel(), code = w.bits == 4 ? 256 : 512;
+  const int64_t T = ids.numel(), code = w.bits == 8 ? 512 : 256;
   const int64_t* id = ids.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; t++) TORCH_CHECK(id[t] >= 0 && id[t] < N, "token id ", id[t], " is outside [0, ", N, ")");
   auto out = torch::empty({T, w.K}, torch::kFloat);
@@ -100,10 +158,16 @@ torch::Tensor embed_rows(torch::Tensor tiles, int64_t N, torch::Tensor ids) {
   for (int64_t t = 0; t < T; t++) {
     const int64_t c = id[t] / LANES, L = id[t] % LANES;
     for (int64_t g = 0; g < w.G; g++) {
-      const uint8_t* tile = w.data + (c * w.G + g) * w.TB;
+      const uint8_t* tile = w.tile(c, g);
+      float* row = o + t * w.K + g * BLOCK;
+      if (w.bits == 6) {
+        const float d = reinterpret_cast<const at::Half*>(w.q6_d(c, g))[L];
+        for (int k = 0; k < BLOCK; k++)
+          row[k] = d * static_cast<float>(static_cast<int8_t>(tile[384 + 16 * (k / 16) + L])) * static_cast<float>(q6_code(tile, L, k) - 32);
+        continue;
+      }
       const float d = reinterpret_cast<const at::Half*>(tile + code)[L];
       const float m = w.bits == 4 && !w.sym ? static_cast<float>(reinterpret_cast<const at::Half*>(tile + code + 32)[L]) : 0.f;
-      float* row = o + t * w.K + g * BLOCK;
       for (int j = 0; j < code / 64; j++)
         for (int e = 0; e < 4; e++) {
           const int b = tile[64 * j + 4 * L + e];
@@ -134,12 +198,13 @@ struct QRows {
   std::vector<float> dx;     // [M, G] block scales
   std::vector<float> sx;     // [M, G] dx · Σ qx (Q4_1's minimum term)
   std::vector<int32_t> sum;  // [M, G] Σ qx (Q4_0's −8 and Q8_0's −128 offsets)
+  std::vector<int32_t> half; // [M, G, 2] Σ qx over weights 0..15 and 16..31 (Q6_K's −32, per scale)
 };
 
 QRows quantize_rows(const float* x, int64_t M, int64_t K) {
   QRows r;
   r.K = K, r.G = K / BLOCK;
-  r.q.resize(M * K), r.dx.resize(M * r.G), r.sx.resize(M * r.G), r.sum.resize(M * r.G);
+  r.q.resize(M * K), r.dx.resize(M * r.G), r.sx.resize(M * r.G), r.sum.resize(M * r.G), r.half.resize(2 * M * r.G);
   at::parallel_for(0, M * r.G, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i++) {  // i = row · G + block
       const float* xb = x + i * BLOCK;  // rows are K = G · 32 floats apart
@@ -150,8 +215,9 @@ QRows quantize_rows(const float* x, int64_t M, int64_t K) {
       const __m512i qa = _mm512_cvtps_epi32(mul(a, splat(id))), qb = _mm512_cvtps_epi32(mul(b, splat(id)));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + i * BLOCK), _mm512_cvtsepi32_epi8(qa));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(r.q.data() + i * BLOCK + 16), _mm512_cvtsepi32_epi8(qb));
-      const int32_t s = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
-      r.dx[i] = d, r.sum[i] = s, r.sx[i] = d * static_cast<float>(s);
+      const int32_t sa = _mm512_reduce_add_epi32(qa), sb = _mm512_reduce_add_epi32(qb);
+      r.dx[i] = d, r.sum[i] = sa + sb, r.sx[i] = d * static_cast<float>(sa + sb);
+      r.half[2 * i] = sa, r.half[2 * i + 1] = sb;
     }
   });
   return r;
@@ -160,42 +226,66 @@ QRows quantize_rows(const float* x, int64_t M, int64_t K) {
 // MRT activation rows × CG column groups, all G blocks. Fixed MRT and CG: fully unrolled.
 template <int BITS, bool SYM, int MRT, int CG>
 void tile(const QRows& xq, int64_t m0, const Tiles& w, int64_t c0, float* y, bool add) {
-  constexpr int CODE = BITS == 4 ? 256 : 512;
-  constexpr int32_t OFFSET = BITS == 8 ? -128 : (SYM ? -8 : 0);  // the codes' zero point
+  constexpr int CODE = BITS == 8 ? 512 : 256;
+  constexpr int32_t OFFSET = BITS == 8 ? -128 : (SYM ? -8 : 0);  // the codes' zero point (Q6_K: per half)
   constexpr int64_t AHEAD = 4;  // tiles prefetched ahead on each column group's stream
-  const int64_t G = w.G, TB = w.TB;
-  const __m512i nib = _mm512_set1_epi8(15);
+  const int64_t G = w.G, sub = w.sub, group = (G / w.per) * w.TB;
+  const __m512i nib = _mm512_set1_epi8(15), top = _mm512_set1_epi8(0x30);
   v16 acc[MRT][CG];
   for (auto& row : acc)
     for (auto& a : row) a = zero();
   for (int64_t g = 0; g < G; g++) {
     __m512i W[CG][8];
-    v16 dv[CG], mv[CG];
+    v16 dv[CG], mv[CG];  // Q6_K: the two halves' d·sc
     for (int c = 0; c < CG; c++) {
-      const uint8_t* t = w.data + ((c0 + c) * G + g) * TB;
-      // one thread alone keeps too few lines in flight to stream DRAM (8 of 30 GB/s measured)
-      // (past the group's last tile: the same group of the next task, which this thread runs next)
-      const uint8_t* next = t + (AHEAD + (g + AHEAD >= G ? (CG - 1) * G : 0)) * TB;
-      for (int64_t off = 0; off < TB; off += 64) _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
+      const uint8_t* t = w.tile(c0 + c, g);
+      // one thread alone keeps too few lines in flight to stream DRAM (8 of 30 GB/s measured);
+      // past the group's last tile: the same group of the next task, which this thread runs next
+      const uint8_t* next = t + AHEAD * sub + (g + AHEAD >= G ? (CG - 1) * group : 0);
+      for (int64_t off = 0; off < sub; off += 64) _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
       for (int j = 0; j < CODE / 64; j++) {
         const __m512i b = _mm512_loadu_si512(t + 64 * j);
-        if constexpr (BITS == 4) {
+        if constexpr (BITS == 8) {
+          W[c][j] = b;
+        } else {
           W[c][j] = _mm512_and_si512(b, nib);
           W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
-        } else {
-          W[c][j] = b;
         }
       }
-      dv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE)));
-      if constexpr (BITS == 4 && !SYM) mv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE + 32)));
+      if constexpr (BITS == 6) {  // the high 2 bits to bits 4-5 of each code byte
+        for (int h = 0; h < 2; h++) {
+          const __m512i hb = _mm512_loadu_si512(t + 256 + 64 * h);
+          __m512i* Wh = W[c] + 4 * h;
+          Wh[0] = _mm512_or_si512(Wh[0], _mm512_and_si512(_mm512_slli_epi16(hb, 4), top));
+          Wh[1] = _mm512_or_si512(Wh[1], _mm512_and_si512(_mm512_slli_epi16(hb, 2), top));
+          Wh[2] = _mm512_or_si512(Wh[2], _mm512_and_si512(hb, top));
+          Wh[3] = _mm512_or_si512(Wh[3], _mm512_and_si512(_mm512_srli_epi16(hb, 2), top));
+        }
+        const v16 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q6_d(c0 + c, g))));
+        const __m128i* sc = reinterpret_cast<const __m128i*>(t + 384);
+        dv[c] = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc))));
+        mv[c] = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc + 1))));
+      } else {
+        dv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE)));
+        if constexpr (BITS == 4 && !SYM) mv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE + 32)));
+      }
     }
     for (int i = 0; i < MRT; i++) {
       const int64_t at = (m0 + i) * G + g;
       const int32_t* xw = reinterpret_cast<const int32_t*>(xq.q.data() + at * BLOCK);
-      const __m512i init = _mm512_set1_epi32(OFFSET * xq.sum[at]);
       const v16 dx = splat(xq.dx[at]);
       for (int c = 0; c < CG; c++) {
-        __m512i s0 = init, s1 = _mm512_setzero_si512();  // two chains: the integer sum is exact either way
+        if constexpr (BITS == 6) {  // two halves, each Σ (q − 32)·qx times its own scale
+          __m512i s0 = _mm512_set1_epi32(-32 * xq.half[2 * at]), s1 = _mm512_set1_epi32(-32 * xq.half[2 * at + 1]);
+          for (int j = 0; j < 4; j++) {
+            s0 = _mm512_dpbusd_epi32(s0, W[c][j], _mm512_set1_epi32(xw[j]));
+            s1 = _mm512_dpbusd_epi32(s1, W[c][j + 4], _mm512_set1_epi32(xw[j + 4]));
+          }
+          acc[i][c] = fma(_mm512_cvtepi32_ps(s0), mul(dv[c], dx), acc[i][c]);
+          acc[i][c] = fma(_mm512_cvtepi32_ps(s1), mul(mv[c], dx), acc[i][c]);
+          continue;
+        }
+        __m512i s0 = _mm512_set1_epi32(OFFSET * xq.sum[at]), s1 = _mm512_setzero_si512();  // two chains: exact either way
         for (int j = 0; j < 8; j += 2) {
           s0 = _mm512_dpbusd_epi32(s0, W[c][j], _mm512_set1_epi32(xw[j]));
           s1 = _mm512_dpbusd_epi32(s1, W[c][j + 1], _mm512_set1_epi32(xw[j + 1]));
@@ -254,6 +344,7 @@ void qlinear_t(const QRows& xq, int64_t M, const Tiles& w, float* y, bool add) {
 void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
   const QRows xq = quantize_rows(x, M, w.K);
   if (w.bits == 8) qlinear_t<8, false>(xq, M, w, y, add);
+  else if (w.bits == 6) qlinear_t<6, false>(xq, M, w, y, add);
   else if (w.sym) qlinear_t<4, true>(xq, M, w, y, add);
   else qlinear_t<4, false>(xq, M, w, y, add);
 }
@@ -263,7 +354,16 @@ void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
 constexpr const char* KERNEL = "float32 (dequantized 16-column tiles)";
 constexpr const char* ACTIVATIONS = "f32";
 
-void dequant_tile(const uint8_t* t, const Tiles& w, float out[BLOCK][LANES]) {
+void dequant_tile(const Tiles& w, int64_t c, int64_t g, float out[BLOCK][LANES]) {
+  const uint8_t* t = w.tile(c, g);
+  if (w.bits == 6) {
+    const at::Half* d = reinterpret_cast<const at::Half*>(w.q6_d(c, g));
+    for (int L = 0; L < LANES; L++)
+      for (int k = 0; k < BLOCK; k++)
+        out[k][L] = static_cast<float>(d[L]) * static_cast<float>(static_cast<int8_t>(t[384 + 16 * (k / 16) + L])) *
+                    static_cast<float>(q6_code(t, L, k) - 32);
+    return;
+  }
   const int code = w.bits == 4 ? 256 : 512;
   const at::Half* d = reinterpret_cast<const at::Half*>(t + code);
   for (int L = 0; L < LANES; L++) {
@@ -288,7 +388,7 @@ void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
     for (int64_t c = c0; c < c1; c++) {
       for (auto& a : acc) a = zero();
       for (int64_t g = 0; g < w.G; g++) {
-        dequant_tile(w.data + (c * w.G + g) * w.TB, w, wt);
+        dequant_tile(w, c, g, wt);
         for (int64_t i = 0; i < M; i++) {
           const float* xb = x + i * w.K + g * BLOCK;
           for (int k = 0; k < BLOCK; k++) acc[i] = fma(load(wt[k]), splat(xb[k]), acc[i]);

@@ -332,6 +332,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("kernel") = KERNEL;
   m.attr("activations") = ACTIVATIONS;  // "q8" (ggml Q8 blocks, integer dot products) or "f32"
   m.def("pack_blocks", &pack_blocks, "ggml-layout blocks (qs, d, m) → 16-column tiles [C, G, bytes]");
+  m.def("pack_q6k", &pack_q6k, "Q6_K codes − 32, int8 scales per 16, d per 256 → tiles [C, K/256, bytes]");
   m.def("embed_rows", &embed_rows, "rows ids of a weight in tiles, dequantized to float32");
   m.def("block_linear", &block_linear, "y = x · Wᵀ for a weight in tiles with N columns");
   py::class_<Decoder>(m, "Decoder")
