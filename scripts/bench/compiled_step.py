@@ -6,6 +6,7 @@ ms per step at a growing context, and whether the compiled step picks the same t
 Time nothing while another torch process runs on the machine: the load average is recorded.
 
     .venv/bin/python scripts/bench/compiled_step.py --formats float32,bfloat16+int4 --engine
+    .venv/bin/python scripts/bench/compiled_step.py --formats bfloat16+int4 --native --out compiled_vs_native
 """
 from __future__ import annotations
 
@@ -89,6 +90,28 @@ def measure(fmt: str, steps: int, context: int, options: dict) -> dict:
     return row
 
 
+def native(steps: int, context: int) -> dict:
+    """The default configuration's step (`kakeya serve` with no flags: the GGUF's own blocks, the
+    whole step one C++ call, nothing left to compile), same context and steps, same process."""
+    loaded = load_model(ModelConfig(device="cpu"))
+    v = Verifier(loaded.model)
+    torch.manual_seed(0)
+    prompt = torch.randint(100, loaded.model.config.vocab_size - 100, (context,)).tolist()
+    runs = []
+    for _ in range(3):
+        cache = v.new_cache()
+        tok, secs = int(v.forward(cache, prompt, 1)[-1].argmax()), []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            tok = int(v.forward(cache, [tok], 1)[-1].argmax())
+            secs.append(time.perf_counter() - t0)
+        runs.append(statistics.median(secs[4:]))
+    row = {"format": f"{loaded.info.dtype}+{loaded.info.quantization}", "path": v.path, "context": context,
+           "steps": steps, "native_ms": min(runs) * 1e3, "runs_ms": [s * 1e3 for s in runs]}
+    print(f"{row['format']:>14} ({v.path}): {row['native_ms']:.2f} ms/step", flush=True)
+    return row
+
+
 def engines(fmt: str, requests: int, max_tokens: int, seed: int) -> dict:
     """Plain decoding through the real engine, generated open-ended prompts (prefill included),
     one engine on the eager fast path and one with `--compile` (timed once its graph is live)."""
@@ -130,6 +153,7 @@ def main() -> None:
                     help="inductor option sets to try, ';'-separated, each 'a=1,b=0' (e.g. cpp_wrapper=1;freezing=1)")
     ap.add_argument("--out", default="compiled_step")
     ap.add_argument("--engine", action="store_true", help="also compare whole engines on generated open-ended prompts")
+    ap.add_argument("--native", action="store_true", help="also time the default configuration's native step")
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--seed", type=int, default=4321)
@@ -139,8 +163,9 @@ def main() -> None:
             for o in (args.options.split(";") if args.options else [""])]
     rows = [measure(f, args.steps, args.context, o) for f in args.formats.split(",") for o in sets]
     engine_rows = [engines(f, args.requests, args.max_tokens, args.seed) for f in args.formats.split(",")] if args.engine else []
+    native_row = native(args.steps, args.context) if args.native else None
     write_result(args.out, {"env": environment(), "argv": sys.argv[1:], "loadavg": [load, os.getloadavg()[0]],
-                            "rows": rows, "engines": engine_rows})
+                            "rows": rows, "engines": engine_rows, "native": native_row})
 
 
 if __name__ == "__main__":
