@@ -20,20 +20,23 @@ from ..models.device import synchronize
 from .verifier import Verifier
 
 CONTEXT = 64  # cached tokens during calibration: a typical short-chat position
+METHOD = 2  # in the key: curves measured an older way (2: interleaved passes) are measured again
 
 
-def measure_cost_curve(run: Callable[[int], None], max_k: int, repeats: int = 3) -> list[float]:
+def measure_cost_curve(run: Callable[[int], None], max_k: int, repeats: int = 5) -> list[float]:
     """run(k) does one verify forward with k draft tokens. Returns [1.0, t(1)/t(0), ...],
-    made non-decreasing (a longer verify is never cheaper; dips are timing noise)."""
+    made non-decreasing (a longer verify is never cheaper; dips are timing noise). The widths
+    are timed in interleaved passes, so a slow spell on a shared machine moves every width
+    alike instead of skewing the curve (measured: a sequential sweep once put t(8)/t(0) at 1.5
+    where the step's own timing gave 2.1, and `auto` then drafted where it did not pay)."""
     run(max_k)  # warm-up
-    times = []
-    for k in range(max_k + 1):
-        samples = []
-        for _ in range(repeats):
+    samples: list[list[float]] = [[] for _ in range(max_k + 1)]
+    for _ in range(repeats):
+        for k in range(max_k + 1):
             t0 = time.perf_counter()
             run(k)
-            samples.append(time.perf_counter() - t0)
-        times.append(statistics.median(samples))
+            samples[k].append(time.perf_counter() - t0)
+    times = [statistics.median(s) for s in samples]
     curve, worst = [], 0.0
     for t in times:
         worst = max(worst, t / times[0])
@@ -75,7 +78,7 @@ def calibration_key(verifier: Verifier, max_k: int) -> str:
     model = verifier.model
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     machine = f"{cpu_model()}|threads{torch.get_num_threads()}|torch{torch.__version__}"
-    return f"{name}|{verifier.device}|{weight_format(model)}|{machine}|k{max_k}"
+    return f"{name}|{verifier.device}|{weight_format(model)}|{machine}|k{max_k}|m{METHOD}"
 
 
 def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
