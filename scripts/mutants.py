@@ -314,11 +314,11 @@ MUTANTS: list[Mutant] = [
     # the native CPU step (models/csrc/; each mutant rebuilds it, ~35 s): the tile layout, the block
     # formats' zero points and minimums, Q6_K's high bits, the KV write by position, the causal
     # length, the last key of a block of 16
-    Mutant("native_high_nibble_misread", BLOCKS, "W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);",
-           "W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 3), nib);",
+    Mutant("native_high_nibble_misread", BLOCKS, "W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);",
+           "W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 3), nib);",
            (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
     Mutant("native_q4_1_minimum_dropped", BLOCKS,
-           "if constexpr (BITS == 4 && !SYM) acc[i][c] = fma(mv[c], splat(xq.sx[at]), acc[i][c]);", "(void)0;",
+           "if constexpr (BITS == 4 && !SYM) acc[i] = fma(mv, splat(xq.sx[at]), acc[i]);", "(void)0;",
            (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),
     Mutant("native_q4_0_zero_point_dropped", BLOCKS, "BITS == 8 ? -128 : (SYM ? -8 : 0);", "BITS == 8 ? -128 : 0;",
            (f"{NAT}::test_block_linear_matches_the_ggml_formula",)),

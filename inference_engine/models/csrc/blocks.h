@@ -223,118 +223,99 @@ QRows quantize_rows(const float* x, int64_t M, int64_t K) {
   return r;
 }
 
-// MRT activation rows × CG column groups, all G blocks. Fixed MRT and CG: fully unrolled.
-template <int BITS, bool SYM, int MRT, int CG>
-void tile(const QRows& xq, int64_t m0, const Tiles& w, int64_t c0, float* y, bool add) {
+// MRT activation rows × one group of 16 columns, all G blocks. Fixed MRT: fully unrolled.
+template <int BITS, bool SYM, int MRT>
+void tile(const QRows& xq, int64_t m0, const Tiles& w, int64_t c, float* y, bool add) {
   constexpr int CODE = BITS == 8 ? 512 : 256;
   constexpr int32_t OFFSET = BITS == 8 ? -128 : (SYM ? -8 : 0);  // the codes' zero point (Q6_K: per half)
-  constexpr int64_t AHEAD = 4;  // tiles prefetched ahead on each column group's stream
-  const int64_t G = w.G, sub = w.sub, group = (G / w.per) * w.TB;
+  constexpr int64_t AHEAD = 4;  // tiles prefetched ahead
+  const int64_t G = w.G, sub = w.sub;
   const __m512i nib = _mm512_set1_epi8(15), top = _mm512_set1_epi8(0x30);
-  v16 acc[MRT][CG];
-  for (auto& row : acc)
-    for (auto& a : row) a = zero();
+  v16 acc[MRT];
+  for (auto& a : acc) a = zero();
   for (int64_t g = 0; g < G; g++) {
-    __m512i W[CG][8];
-    v16 dv[CG], mv[CG];  // Q6_K: the two halves' d·sc
-    for (int c = 0; c < CG; c++) {
-      const uint8_t* t = w.tile(c0 + c, g);
-      // one thread alone keeps too few lines in flight to stream DRAM (8 of 30 GB/s measured);
-      // past the group's last tile: the same group of the next task, which this thread runs next
-      const uint8_t* next = t + AHEAD * sub + (g + AHEAD >= G ? (CG - 1) * group : 0);
-      for (int64_t off = 0; off < sub; off += 64) _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
-      for (int j = 0; j < CODE / 64; j++) {
-        const __m512i b = _mm512_loadu_si512(t + 64 * j);
-        if constexpr (BITS == 8) {
-          W[c][j] = b;
-        } else {
-          W[c][j] = _mm512_and_si512(b, nib);
-          W[c][j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
-        }
-      }
-      if constexpr (BITS == 6) {  // the high 2 bits to bits 4-5 of each code byte
-        for (int h = 0; h < 2; h++) {
-          const __m512i hb = _mm512_loadu_si512(t + 256 + 64 * h);
-          __m512i* Wh = W[c] + 4 * h;
-          Wh[0] = _mm512_or_si512(Wh[0], _mm512_and_si512(_mm512_slli_epi16(hb, 4), top));
-          Wh[1] = _mm512_or_si512(Wh[1], _mm512_and_si512(_mm512_slli_epi16(hb, 2), top));
-          Wh[2] = _mm512_or_si512(Wh[2], _mm512_and_si512(hb, top));
-          Wh[3] = _mm512_or_si512(Wh[3], _mm512_and_si512(_mm512_srli_epi16(hb, 2), top));
-        }
-        const v16 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q6_d(c0 + c, g))));
-        const __m128i* sc = reinterpret_cast<const __m128i*>(t + 384);
-        dv[c] = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc))));
-        mv[c] = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc + 1))));
+    __m512i W[8];
+    v16 dv, mv;  // Q6_K: the two halves' d·sc
+    const uint8_t* t = w.tile(c, g);
+    // one thread alone keeps too few lines in flight to stream DRAM (8 of 30 GB/s measured);
+    // past the group's last tile this runs into the next group, which this thread runs next
+    const uint8_t* next = t + AHEAD * sub;
+    for (int64_t off = 0; off < sub; off += 64) _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
+    for (int j = 0; j < CODE / 64; j++) {
+      const __m512i b = _mm512_loadu_si512(t + 64 * j);
+      if constexpr (BITS == 8) {
+        W[j] = b;
       } else {
-        dv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE)));
-        if constexpr (BITS == 4 && !SYM) mv[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE + 32)));
+        W[j] = _mm512_and_si512(b, nib);
+        W[j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
       }
+    }
+    if constexpr (BITS == 6) {  // the high 2 bits to bits 4-5 of each code byte
+      for (int h = 0; h < 2; h++) {
+        const __m512i hb = _mm512_loadu_si512(t + 256 + 64 * h);
+        __m512i* Wh = W + 4 * h;
+        Wh[0] = _mm512_or_si512(Wh[0], _mm512_and_si512(_mm512_slli_epi16(hb, 4), top));
+        Wh[1] = _mm512_or_si512(Wh[1], _mm512_and_si512(_mm512_slli_epi16(hb, 2), top));
+        Wh[2] = _mm512_or_si512(Wh[2], _mm512_and_si512(hb, top));
+        Wh[3] = _mm512_or_si512(Wh[3], _mm512_and_si512(_mm512_srli_epi16(hb, 2), top));
+      }
+      const v16 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q6_d(c, g))));
+      const __m128i* sc = reinterpret_cast<const __m128i*>(t + 384);
+      dv = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc))));
+      mv = mul(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc + 1))));
+    } else {
+      dv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE)));
+      if constexpr (BITS == 4 && !SYM) mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + CODE + 32)));
     }
     for (int i = 0; i < MRT; i++) {
       const int64_t at = (m0 + i) * G + g;
       const int32_t* xw = reinterpret_cast<const int32_t*>(xq.q.data() + at * BLOCK);
       const v16 dx = splat(xq.dx[at]);
-      for (int c = 0; c < CG; c++) {
-        if constexpr (BITS == 6) {  // two halves, each Σ (q − 32)·qx times its own scale
-          __m512i s0 = _mm512_set1_epi32(-32 * xq.half[2 * at]), s1 = _mm512_set1_epi32(-32 * xq.half[2 * at + 1]);
-          for (int j = 0; j < 4; j++) {
-            s0 = _mm512_dpbusd_epi32(s0, W[c][j], _mm512_set1_epi32(xw[j]));
-            s1 = _mm512_dpbusd_epi32(s1, W[c][j + 4], _mm512_set1_epi32(xw[j + 4]));
-          }
-          acc[i][c] = fma(_mm512_cvtepi32_ps(s0), mul(dv[c], dx), acc[i][c]);
-          acc[i][c] = fma(_mm512_cvtepi32_ps(s1), mul(mv[c], dx), acc[i][c]);
-          continue;
+      if constexpr (BITS == 6) {  // two halves, each Σ (q − 32)·qx times its own scale
+        __m512i s0 = _mm512_set1_epi32(-32 * xq.half[2 * at]), s1 = _mm512_set1_epi32(-32 * xq.half[2 * at + 1]);
+        for (int j = 0; j < 4; j++) {
+          s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_set1_epi32(xw[j]));
+          s1 = _mm512_dpbusd_epi32(s1, W[j + 4], _mm512_set1_epi32(xw[j + 4]));
         }
+        acc[i] = fma(_mm512_cvtepi32_ps(s0), mul(dv, dx), acc[i]);
+        acc[i] = fma(_mm512_cvtepi32_ps(s1), mul(mv, dx), acc[i]);
+      } else {
         __m512i s0 = _mm512_set1_epi32(OFFSET * xq.sum[at]), s1 = _mm512_setzero_si512();  // two chains: exact either way
         for (int j = 0; j < 8; j += 2) {
-          s0 = _mm512_dpbusd_epi32(s0, W[c][j], _mm512_set1_epi32(xw[j]));
-          s1 = _mm512_dpbusd_epi32(s1, W[c][j + 1], _mm512_set1_epi32(xw[j + 1]));
+          s0 = _mm512_dpbusd_epi32(s0, W[j], _mm512_set1_epi32(xw[j]));
+          s1 = _mm512_dpbusd_epi32(s1, W[j + 1], _mm512_set1_epi32(xw[j + 1]));
         }
-        acc[i][c] = fma(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), mul(dv[c], dx), acc[i][c]);
-        if constexpr (BITS == 4 && !SYM) acc[i][c] = fma(mv[c], splat(xq.sx[at]), acc[i][c]);
+        acc[i] = fma(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), mul(dv, dx), acc[i]);
+        if constexpr (BITS == 4 && !SYM) acc[i] = fma(mv, splat(xq.sx[at]), acc[i]);
       }
     }
   }
-  for (int i = 0; i < MRT; i++)
-    for (int c = 0; c < CG; c++) {
-      const int64_t n0 = (c0 + c) * LANES;
-      const __mmask16 k = w.N - n0 >= LANES ? 0xFFFF : static_cast<__mmask16>((1u << (w.N - n0)) - 1);
-      float* out = y + (m0 + i) * w.N + n0;
-      const v16 v = add ? _mm512_add_ps(_mm512_maskz_loadu_ps(k, out), acc[i][c]) : acc[i][c];
-      _mm512_mask_storeu_ps(out, k, v);
-    }
+  const int64_t n0 = c * LANES;
+  const __mmask16 k = w.N - n0 >= LANES ? 0xFFFF : static_cast<__mmask16>((1u << (w.N - n0)) - 1);
+  for (int i = 0; i < MRT; i++) {
+    float* out = y + (m0 + i) * w.N + n0;
+    _mm512_mask_storeu_ps(out, k, add ? _mm512_add_ps(_mm512_maskz_loadu_ps(k, out), acc[i]) : acc[i]);
+  }
 }
 
 template <int BITS, bool SYM>
 void qlinear_t(const QRows& xq, int64_t M, const Tiles& w, float* y, bool add) {
-  if (M == 1) {  // four column groups at a time: eight independent integer chains
-    at::parallel_for(0, (w.C + 3) / 4, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; r++) {
-        switch (std::min<int64_t>(4, w.C - 4 * r)) {
-          case 1: tile<BITS, SYM, 1, 1>(xq, 0, w, 4 * r, y, add); break;
-          case 2: tile<BITS, SYM, 1, 2>(xq, 0, w, 4 * r, y, add); break;
-          case 3: tile<BITS, SYM, 1, 3>(xq, 0, w, 4 * r, y, add); break;
-          default: tile<BITS, SYM, 1, 4>(xq, 0, w, 4 * r, y, add); break;
-        }
-      }
-    });
-    return;
-  }
-  // rows in as few passes of at most 8 as possible, evenly (9 rows: 5 + 4): each pass unpacks
-  // a column group's weights once for all its rows
+  // one column group per task (measured: four groups side by side for one row ran 15 % slower on
+  // the 135M model, likely register spills), rows in as few passes of at most 8 as possible,
+  // evenly (9 rows: 5 + 4): each pass unpacks the group's weights once for all its rows
   const int64_t passes = (M + 7) / 8, per = (M + passes - 1) / passes;
   at::parallel_for(0, w.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; c++)
       for (int64_t m0 = 0; m0 < M; m0 += per) {
         switch (std::min(per, M - m0)) {
-          case 1: tile<BITS, SYM, 1, 1>(xq, m0, w, c, y, add); break;
-          case 2: tile<BITS, SYM, 2, 1>(xq, m0, w, c, y, add); break;
-          case 3: tile<BITS, SYM, 3, 1>(xq, m0, w, c, y, add); break;
-          case 4: tile<BITS, SYM, 4, 1>(xq, m0, w, c, y, add); break;
-          case 5: tile<BITS, SYM, 5, 1>(xq, m0, w, c, y, add); break;
-          case 6: tile<BITS, SYM, 6, 1>(xq, m0, w, c, y, add); break;
-          case 7: tile<BITS, SYM, 7, 1>(xq, m0, w, c, y, add); break;
-          default: tile<BITS, SYM, 8, 1>(xq, m0, w, c, y, add); break;
+          case 1: tile<BITS, SYM, 1>(xq, m0, w, c, y, add); break;
+          case 2: tile<BITS, SYM, 2>(xq, m0, w, c, y, add); break;
+          case 3: tile<BITS, SYM, 3>(xq, m0, w, c, y, add); break;
+          case 4: tile<BITS, SYM, 4>(xq, m0, w, c, y, add); break;
+          case 5: tile<BITS, SYM, 5>(xq, m0, w, c, y, add); break;
+          case 6: tile<BITS, SYM, 6>(xq, m0, w, c, y, add); break;
+          case 7: tile<BITS, SYM, 7>(xq, m0, w, c, y, add); break;
+          default: tile<BITS, SYM, 8>(xq, m0, w, c, y, add); break;
         }
       }
   });
