@@ -16,7 +16,7 @@ PLAIN = SpeculativeParams("none", 0)
 
 @pytest.mark.real_model
 def test_smollm2_knows_paris(smol_llm):
-    ids = apply_chat_template(smol_llm.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
+    ids = apply_chat_template(smol_llm.tokenizer, [{"role": "user", "content": "Name the capital of France."}])
     out = smol_llm.generate(ids, SamplingParams(max_tokens=32))
     assert "Paris" in out.text
     assert out.finish_reason is FinishReason.STOP and out.token_ids[-1] in smol_llm.info.eos_ids

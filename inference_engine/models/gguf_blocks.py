@@ -114,10 +114,10 @@ def packed_blocks(path: Path, num_heads: int, num_kv_heads: int, cache: Path) ->
 
     if cache.exists():
         return load_file(cache)
-    blocks = {name: (pack_nibbles(codes), d.half(), m.half()) for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items()}
     out = {}
-    for name, (qs, d, m) in blocks.items():
-        out.update({f"{name}.tiles": native.extension().pack_blocks(qs, d, m), f"{name}.n": torch.tensor([qs.shape[0]])})
+    for name, (codes, d, m) in read_q4_blocks(path, num_heads, num_kv_heads).items():
+        out.update({f"{name}.tiles": native.extension().pack_blocks(pack_nibbles(codes), d.half(), m.half()),
+                    f"{name}.n": torch.tensor([codes.shape[0]])})
     head = read_head(path)
     if "q6" in head:
         out["lm_head.tiles"] = native.extension().pack_q6k(head["q6"], head["sc"], head["d"])
