@@ -67,6 +67,25 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "kakeya"
 
 
+def test_file_digest_is_remembered_until_the_file_changes(tmp_path):
+    """A warm start reads the digest from the memo; a changed file (size or mtime) is hashed again."""
+    import hashlib
+    import json
+
+    from inference_engine.models.gguf_cache import file_digest
+
+    f, memo = tmp_path / "model.gguf", tmp_path / "digests.json"
+    f.write_bytes(b"GGUF" * 1000)
+    assert file_digest(f, memo) == hashlib.sha256(f.read_bytes()).hexdigest()
+    (key,) = json.loads(memo.read_text())
+    memo.write_text(json.dumps({key: "remembered"}))
+    assert file_digest(f, memo) == "remembered"  # not reread
+    f.write_bytes(b"GGUF" * 1001)
+    assert file_digest(f, memo) == hashlib.sha256(f.read_bytes()).hexdigest()
+    memo.write_text("{half a fil")  # a memo a crash cut short: hashed again, and repaired
+    assert file_digest(f, memo) == hashlib.sha256(f.read_bytes()).hexdigest() and json.loads(memo.read_text())
+
+
 @pytest.mark.real_model
 def test_gguf_conversion_is_cached_and_reused(smol_loaded, tmp_path):
     # The session fixture already converted the default GGUF into the user cache dir.
