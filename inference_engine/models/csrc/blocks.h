@@ -144,45 +144,46 @@ torch::Tensor pack_blocks(torch::Tensor qs, torch::Tensor d, torch::Tensor m) {
   return out;
 }
 
-// Rows of the weight (a tied head's rows are the token embeddings) as float32 [len(ids), K], each
-// value dequantized as transformers' GGUF reader does: d·(q − 8), d·q + m (two roundings), d·q,
-// (d·sc)·(q − 32).
+// Column L's 32 weights of block g of group c, as transformers' GGUF reader dequantizes them:
+// d·(q − 8), d·q + m (two roundings), d·q, (d·sc)·(q − 32). The one float definition of a tile's
+// weights: token embeddings and the kernel without VNNI read it.
+void dequant_lane(const Tiles& w, int64_t c, int64_t g, int64_t L, float* out) {
+  const uint8_t* tile = w.tile(c, g);
+  if (w.bits == 6) {
+    const float d = reinterpret_cast<const at::Half*>(w.q6_d(c, g))[L];
+    for (int k = 0; k < BLOCK; k++)
+      out[k] = d * static_cast<float>(static_cast<int8_t>(tile[384 + 16 * (k / 16) + L])) * static_cast<float>(q6_code(tile, L, k) - 32);
+    return;
+  }
+  const int64_t code = w.bits == 8 ? 512 : 256;
+  const float d = reinterpret_cast<const at::Half*>(tile + code)[L];
+  const float m = w.bits == 4 && !w.sym ? static_cast<float>(reinterpret_cast<const at::Half*>(tile + code + 32)[L]) : 0.f;
+  for (int j = 0; j < code / 64; j++)
+    for (int e = 0; e < 4; e++) {
+      const int b = tile[64 * j + 4 * L + e];
+      if (w.bits == 8) {
+        out[4 * j + e] = d * static_cast<float>(b - 128);
+      } else if (w.sym) {
+        out[4 * j + e] = d * static_cast<float>((b & 15) - 8);
+        out[16 + 4 * j + e] = d * static_cast<float>((b >> 4) - 8);
+      } else {
+        out[4 * j + e] = d * static_cast<float>(b & 15) + m;
+        out[16 + 4 * j + e] = d * static_cast<float>(b >> 4) + m;
+      }
+    }
+}
+
+// Rows of the weight (a tied head's rows are the token embeddings) as float32 [len(ids), K].
 torch::Tensor embed_rows(torch::Tensor tiles, int64_t N, torch::Tensor ids) {
   const Tiles w = make_tiles(tiles, N);
   ids = ids.to(torch::kLong).contiguous();
-  const int64_t T = ids.numel(), code = w.bits == 8 ? 512 : 256;
+  const int64_t T = ids.numel();
   const int64_t* id = ids.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; t++) TORCH_CHECK(id[t] >= 0 && id[t] < N, "token id ", id[t], " is outside [0, ", N, ")");
   auto out = torch::empty({T, w.K}, torch::kFloat);
   float* o = out.data_ptr<float>();
-  for (int64_t t = 0; t < T; t++) {
-    const int64_t c = id[t] / LANES, L = id[t] % LANES;
-    for (int64_t g = 0; g < w.G; g++) {
-      const uint8_t* tile = w.tile(c, g);
-      float* row = o + t * w.K + g * BLOCK;
-      if (w.bits == 6) {
-        const float d = reinterpret_cast<const at::Half*>(w.q6_d(c, g))[L];
-        for (int k = 0; k < BLOCK; k++)
-          row[k] = d * static_cast<float>(static_cast<int8_t>(tile[384 + 16 * (k / 16) + L])) * static_cast<float>(q6_code(tile, L, k) - 32);
-        continue;
-      }
-      const float d = reinterpret_cast<const at::Half*>(tile + code)[L];
-      const float m = w.bits == 4 && !w.sym ? static_cast<float>(reinterpret_cast<const at::Half*>(tile + code + 32)[L]) : 0.f;
-      for (int j = 0; j < code / 64; j++)
-        for (int e = 0; e < 4; e++) {
-          const int b = tile[64 * j + 4 * L + e];
-          if (w.bits == 8) {
-            row[4 * j + e] = d * static_cast<float>(b - 128);
-          } else if (w.sym) {
-            row[4 * j + e] = d * static_cast<float>((b & 15) - 8);
-            row[16 + 4 * j + e] = d * static_cast<float>((b >> 4) - 8);
-          } else {
-            row[4 * j + e] = d * static_cast<float>(b & 15) + m;
-            row[16 + 4 * j + e] = d * static_cast<float>(b >> 4) + m;
-          }
-        }
-    }
-  }
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t g = 0; g < w.G; g++) dequant_lane(w, id[t] / LANES, g, id[t] % LANES, o + t * w.K + g * BLOCK);
   return out;
 }
 
@@ -330,35 +331,16 @@ void qlinear(const float* x, int64_t M, const Tiles& w, float* y, bool add) {
   else qlinear_t<4, false>(xq, M, w, y, add);
 }
 #else
-// Without VNNI: each tile dequantized to float32 once for all rows (w = d·q + m), then one fma
+// Without VNNI: each tile dequantized to float32 once for all rows (dequant_lane), then one fma
 // chain per output over k.
 constexpr const char* KERNEL = "float32 (dequantized 16-column tiles)";
 constexpr const char* ACTIVATIONS = "f32";
 
 void dequant_tile(const Tiles& w, int64_t c, int64_t g, float out[BLOCK][LANES]) {
-  const uint8_t* t = w.tile(c, g);
-  if (w.bits == 6) {
-    const at::Half* d = reinterpret_cast<const at::Half*>(w.q6_d(c, g));
-    for (int L = 0; L < LANES; L++)
-      for (int k = 0; k < BLOCK; k++)
-        out[k][L] = static_cast<float>(d[L]) * static_cast<float>(static_cast<int8_t>(t[384 + 16 * (k / 16) + L])) *
-                    static_cast<float>(q6_code(t, L, k) - 32);
-    return;
-  }
-  const int code = w.bits == 4 ? 256 : 512;
-  const at::Half* d = reinterpret_cast<const at::Half*>(t + code);
-  for (int L = 0; L < LANES; L++) {
-    const float dl = d[L], ml = w.bits == 8 ? 0.f : (w.sym ? -8.f * dl : static_cast<float>(d[16 + L]));
-    for (int j = 0; j < code / 64; j++)
-      for (int e = 0; e < 4; e++) {
-        const uint8_t b = t[64 * j + 4 * L + e];
-        if (w.bits == 8) {
-          out[4 * j + e][L] = dl * static_cast<float>(static_cast<int>(b) - 128);
-        } else {
-          out[4 * j + e][L] = std::fma(dl, static_cast<float>(b & 15), ml);
-          out[16 + 4 * j + e][L] = std::fma(dl, static_cast<float>(b >> 4), ml);
-        }
-      }
+  float lane[BLOCK];
+  for (int64_t L = 0; L < LANES; L++) {
+    dequant_lane(w, c, g, L, lane);
+    for (int k = 0; k < BLOCK; k++) out[k][L] = lane[k];
   }
 }
 
