@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from .config import EngineConfig, ModelConfig, ServerConfig
 from .errors import EngineError
-from .types import SamplingParams, SpeculativeParams
+from .types import SPEC_METHODS, SamplingParams, SpeculativeParams
 
 
 def _env(name: str, default: Optional[str] = None) -> Optional[str]:
@@ -31,7 +31,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "(bf16), on the quantized ones (same), or whichever start-up timing finds cheaper (auto)")
     p.add_argument("--cache-dir", default=_env("CACHE_DIR"), help="where GGUF conversions are cached")
     p.add_argument("--speculative-method", default=_env("SPECULATIVE_METHOD", "auto"),
-                   choices=["auto", "none", "ngram", "suffix", "draft"],
+                   choices=SPEC_METHODS,
                    help="default for requests; auto = suffix drafts with k chosen per step (0 when drafting does not pay)")
     p.add_argument("--num-draft-tokens", type=int, default=int(_env("NUM_DRAFT_TOKENS", "8")),
                    help="k for fixed methods, the cap for auto")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 
 class FinishReason(str, Enum):
@@ -30,7 +30,6 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: Optional[str] = None  # an llguidance grammar (JSON text) the output must match; engine/grammar.py
     prompt_logprobs: Optional[int] = None  # None: off; n >= 0: each prompt token's logprob + n alternatives
-    kv_window: Optional[tuple[int, int]] = None  # (sink, window) of the KV; (0, 0): full; None: the session's or server's
 
     @property
     def adjusts_logits(self) -> bool:
@@ -41,6 +40,9 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
+SPEC_METHODS = ("auto", "none", "ngram", "suffix", "draft")  # the speculative methods, as every edge names them
+
+
 @dataclass(frozen=True, slots=True)
 class SpeculativeParams:
     """method: 'none' (plain decoding, k = 0), a proposer ('ngram', 'suffix', 'draft') with a
@@ -49,6 +51,20 @@ class SpeculativeParams:
 
     method: str = "auto"
     num_draft_tokens: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One request as every caller admits it (HTTP, gRPC, the cluster, the offline LLM)."""
+
+    prompt_ids: Optional[Sequence[int]]  # None: continue the session's own history (gRPC)
+    sampling: SamplingParams = SamplingParams()
+    spec: Optional[SpeculativeParams] = None  # None: the server's default
+    session_id: Optional[str] = None
+    create_session: bool = False  # HTTP: a session named by the client is made once the request is valid
+    tenant: str = ""  # owns sessions; partitions the prefix cache and the suffix index
+    request_id: Optional[str] = None
+    kv_window: Optional[tuple[int, int]] = None  # (sink, window) of the KV; (0, 0): full; None: the session's or server's
 
 
 @dataclass(slots=True)
@@ -144,8 +160,5 @@ class StepStats:
 
     num_running: int = 0
     num_waiting: int = 0
-    scheduled_tokens: int = 0   # tokens fed through the verifier this step
     forwards: int = 0           # verifier model calls this step (decoding requests share one)
-    generated_tokens: int = 0
-    finished: int = 0
     spec: SpecStats = field(default_factory=SpecStats)

@@ -42,6 +42,7 @@ class Mutant:
 
 
 CORE = "inference_engine/engine/core.py"
+SPEC = "inference_engine/engine/speculator.py"
 ACCEPT = "inference_engine/engine/acceptance.py"
 SAMPLING = "inference_engine/engine/sampling.py"
 STORE = "inference_engine/cache/session_store.py"
@@ -57,7 +58,7 @@ HTTP = "tests/test_http_server.py"
 ROB = "tests/test_robustness.py"
 ISO = "tests/test_isolation.py"
 ENG = "tests/test_engine_faults.py"
-ADAPT = "kv_cache_proposer/adaptive.py"
+ADAPT = "inference_engine/engine/adaptive.py"
 NATIVE = "inference_engine/models/csrc/native.cpp"
 BLOCKS = "inference_engine/models/csrc/blocks.h"
 NAT = "tests/test_native.py"
@@ -77,13 +78,14 @@ HOSTILE = "tests/test_hostile_input.py"
 MUTANTS: list[Mutant] = [
     # -- rollback ------------------------------------------------------------------------------
     Mutant("trim_one_too_few", CORE,
-           "req.cache.trim(rejected)", "req.cache.trim(rejected - 1)",
+           "req.cache.trim(out.num_drafted - out.num_accepted)", "req.cache.trim(out.num_drafted - out.num_accepted - 1)",
            (f"{EQ}::test_greedy_equals_plain_for_every_k[draft]",)),
     Mutant("trim_one_too_few_after_partial", CORE,
-           "req.cache.trim(rejected)", "req.cache.trim(rejected - (0 < out.num_accepted < out.num_drafted))",
+           "req.cache.trim(out.num_drafted - out.num_accepted)",
+           "req.cache.trim(out.num_drafted - out.num_accepted - (0 < out.num_accepted < out.num_drafted))",
            (f"{EQ}::test_greedy_equals_plain_for_every_k[suffix]",)),
     Mutant("no_rollback", CORE,
-           "req.cache.trim(rejected)", "req.cache.trim(0)",
+           "req.cache.trim(out.num_drafted - out.num_accepted)", "req.cache.trim(0)",
            (f"{EQ}::test_greedy_equals_plain_for_every_k[ngram]",)),
     # -- acceptance ----------------------------------------------------------------------------
     Mutant("greedy_accepts_smaller_ids", ACCEPT,
@@ -193,8 +195,8 @@ MUTANTS: list[Mutant] = [
     Mutant("prefix_cache_shared_across_keys", STORE,
            "if s.anonymous and s.tenant == tenant:", "if s.anonymous:",
            (f"{ISO}::test_prefix_cache_and_suffix_index_are_per_key",)),
-    Mutant("suffix_index_shared_across_keys", CORE,
-           "            return self.suffix_for(req.tenant)", "            return self.suffix",
+    Mutant("suffix_index_shared_across_keys", SPEC,
+           "            return self.suffix_for(req.tenant)", '            return self.suffix_for("")',
            (f"{ISO}::test_prefix_cache_and_suffix_index_are_per_key",)),
     Mutant("prefix_entries_in_session_namespace", STORE,
            'self._entries[("p", tenant, n)] = Session(', 'self._entries[("s", tenant, f"prefix-{n}")] = Session(',
@@ -225,7 +227,7 @@ MUTANTS: list[Mutant] = [
            "counts = self._requests[request_id] = Counts([PRIOR_WEIGHT * first], [PRIOR_WEIGHT])",
            "counts = self._requests[request_id] = Counts([PRIOR_WEIGHT * PRIOR], [PRIOR_WEIGHT])",
            (f"{AD}::test_method_prior_carries_across_requests_and_release_forgets",)),
-    Mutant("shadow_not_recorded", CORE,
+    Mutant("shadow_not_recorded", SPEC,
            "if k < a and draft.tokens:", "if False:",
            (f"{PROP}::test_auto_notices_when_drafts_start_matching",)),
     Mutant("cost_mean_not_median", COST,
@@ -248,14 +250,14 @@ MUTANTS: list[Mutant] = [
     Mutant("grammar_stop_keeps_bonus", "inference_engine/engine/grammar.py",
            "                return list(tokens[:n])", "                return list(tokens)",
            (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
-    Mutant("grammar_drafts_uncut", CORE,
+    Mutant("grammar_drafts_uncut", SPEC,
            "n = req.grammar.valid_prefix(draft.tokens)", "n = len(draft.tokens)",
            (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
     Mutant("grammar_bonus_row_unmasked", "inference_engine/engine/grammar.py",
            "        for i in range(rows):", "        for i in range(rows - 1):",
            (f"{GRAMMAR_TEST}::test_greedy_speculation_under_a_grammar_equals_plain",)),
-    Mutant("forced_tokens_not_drafted", CORE,
-           "if n == 0 and (cap := self._draft_cap(req)):", "if n < 0 and (cap := self._draft_cap(req)):",
+    Mutant("forced_tokens_not_drafted", SPEC,
+           "if n == 0 and (cap := self._cap(req)):", "if n < 0 and (cap := self._cap(req)):",
            (f"{GRAMMAR_TEST}::test_forced_tokens_are_free_drafts",)),
     Mutant("named_tool_allows_many_calls", "inference_engine/http/tools.py",
            'if parallel and choice == "required" else ""', 'if parallel else ""',

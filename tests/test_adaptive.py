@@ -8,7 +8,7 @@ import pytest
 from inference_engine.config import EngineConfig
 from inference_engine.engine.calibration import cached_cost_curve, calibration_key, cost_curve
 from inference_engine.engine.cost_model import CostModel, context_bucket
-from kv_cache_proposer.adaptive import AdaptiveController, best_k, expected_tokens
+from inference_engine.engine.adaptive import AdaptiveController, best_k, expected_tokens
 
 CPU_LIKE = [1.0, 1.6, 1.62, 1.65, 1.7, 1.72, 1.75, 1.78, 1.8]  # DESIGN.md §3, float32 on this CPU
 GPU_LIKE = [1.0, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.1]
@@ -122,7 +122,7 @@ def test_engine_times_its_steps(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig(adaptive_max_k=4))  # measured seed, online model
     prompt = list(range(100, 140)) * 2
     llm.generate(prompt, SamplingParams(max_tokens=24, ignore_eos=True), SpeculativeParams("auto", 4))
-    costs = llm.core.costs
+    costs = llm.core.speculator.costs
     assert costs.seconds(0, 1, len(prompt) + 10) is not None  # plain (or shadow) steps were timed
     assert costs.curve(1, len(prompt) + 10)[0] == 1.0
 

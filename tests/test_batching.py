@@ -6,7 +6,7 @@ import pytest
 from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.tokenizer import apply_chat_template
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 
 PROMPTS = [[151644, 872, 198, 9707 + i, 11, 1879 + 3 * i, 30, 151645, 198, 151644, 77091, 198][: 6 + i] for i in range(8)]
 CASES = [
@@ -17,7 +17,7 @@ CASES = [
 
 
 def _run_together(llm: LLM, prompts, sampling, spec, session_ids=None):
-    reqs = [llm.core.add_request(None if session_ids else p, sampling, spec, session_id=session_ids[i] if session_ids else None)
+    reqs = [llm.core.add_request(Submission(None if session_ids else p, sampling, spec, session_id=session_ids[i] if session_ids else None))
             for i, p in enumerate(prompts)]
     forwards = steps = 0
     while llm.core.has_work:
@@ -65,7 +65,7 @@ def test_second_turns_interleave_on_cached_sessions(tiny_loaded):
 def test_max_batch_splits_forwards(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig(max_batch=3))
     for p in PROMPTS:
-        llm.core.add_request(p, SamplingParams(max_tokens=4, ignore_eos=True), SpeculativeParams("none", 0))
+        llm.core.add_request(Submission(p, SamplingParams(max_tokens=4, ignore_eos=True), SpeculativeParams("none", 0)))
     llm.core.step()  # 8 prefills, one forward each
     assert llm.core.step().forwards == 3  # 8 decoding rows in batches of 3, 3, 2
 

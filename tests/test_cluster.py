@@ -150,10 +150,11 @@ def test_c_scale_down_without_failed_requests(cluster, model):
     failures, done, stop = [], [], threading.Event()
 
     def load(sid):
-        messages = [{"role": "user", "content": f"Session {sid}, keep talking."}]
-        for _ in range(200):  # bounded: stops when the scale-down is over
+        for turn in range(200):  # bounded: stops when the scale-down is over
             if stop.is_set():
                 return
+            if turn % 30 == 0:  # the conversation starts over well inside the 1,024-token context
+                messages = [{"role": "user", "content": f"Session {sid}, keep talking."}]
             try:
                 _turn(cluster, sid, messages, max_tokens=4)
                 done.append(sid)

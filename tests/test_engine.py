@@ -8,7 +8,7 @@ from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import ContextLengthExceeded, InvalidRequest, Overloaded
 from inference_engine.tokenizer import apply_chat_template
-from inference_engine.types import FinishReason, SamplingParams, SpeculativeParams
+from inference_engine.types import FinishReason, SamplingParams, SpeculativeParams, Submission
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879]
 PLAIN = SpeculativeParams("none", 0)
@@ -112,7 +112,7 @@ def test_interleaved_requests_equal_each_alone(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig(max_running=2))
     sp = SamplingParams(max_tokens=12, ignore_eos=True)
     alone = [llm.generate(p, sp).token_ids for p in (PROMPT, PROMPT[:3], PROMPT[::-1])]
-    reqs = [llm.core.add_request(p, sp) for p in (PROMPT, PROMPT[:3], PROMPT[::-1])]
+    reqs = [llm.core.add_request(Submission(p, sp)) for p in (PROMPT, PROMPT[:3], PROMPT[::-1])]
     steps = 0
     while llm.core.has_work:
         stats = llm.core.step()
@@ -125,11 +125,11 @@ def test_interleaved_requests_equal_each_alone(tiny_loaded):
 def test_queue_bound_and_abort(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig(max_running=1, max_waiting=1))
     sp = SamplingParams(max_tokens=5)
-    a = llm.core.add_request(PROMPT, sp)
+    a = llm.core.add_request(Submission(PROMPT, sp))
     llm.core.step()  # a is running
-    llm.core.add_request(PROMPT, sp, request_id="b")  # waits
+    llm.core.add_request(Submission(PROMPT, sp, request_id="b"))  # waits
     with pytest.raises(Overloaded) as e:
-        llm.core.add_request(PROMPT, sp)
+        llm.core.add_request(Submission(PROMPT, sp))
     assert e.value.http_status == 429
     assert llm.core.abort(a.request_id) and a.cache is None and a.finished
     assert llm.core.abort("b") and not llm.core.has_work

@@ -11,7 +11,7 @@ from inference_engine.config import EngineConfig
 from inference_engine.engine.async_engine import AsyncEngine
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import EngineDead, SessionBusy, StepFailed
-from inference_engine.types import EngineResult, FinishReason, SamplingParams, SpeculativeParams
+from inference_engine.types import EngineResult, FinishReason, SamplingParams, SpeculativeParams, Submission
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879]
 LONG = SamplingParams(max_tokens=900, ignore_eos=True)
@@ -51,10 +51,10 @@ def test_cancel_while_admission_is_queued_never_hurts_the_engine(engine):
     """The bug: cancelling the caller cancelled the admission future, and the engine thread's later
     set_result raised InvalidStateError out of its loop. Now the request is aborted once it exists."""
     async def main():
-        running = await engine.add(PROMPT, LONG, PLAIN)
+        running = await engine.add(Submission(PROMPT, LONG, PLAIN))
         await _first_token(running)
         for _ in range(5):
-            task = asyncio.ensure_future(engine.add(PROMPT, LONG, PLAIN))
+            task = asyncio.ensure_future(engine.add(Submission(PROMPT, LONG, PLAIN)))
             await asyncio.sleep(0)  # admission job queued, not yet run
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -71,8 +71,8 @@ def test_cancel_while_admission_is_queued_never_hurts_the_engine(engine):
 
 def test_failing_step_fails_only_its_requests(engine):
     async def main():
-        victim = await engine.add(PROMPT, LONG, PLAIN, session_id=None)
-        queued = await engine.add(PROMPT, SamplingParams(max_tokens=8, ignore_eos=True), PLAIN)
+        victim = await engine.add(Submission(PROMPT, LONG, PLAIN, session_id=None))
+        queued = await engine.add(Submission(PROMPT, SamplingParams(max_tokens=8, ignore_eos=True), PLAIN))
         await _first_token(victim)
         break_running_cache(engine)
         with pytest.raises(StepFailed) as e:
@@ -90,7 +90,7 @@ def test_failed_step_checks_the_session_in_without_its_cache(engine):
         info = await engine.create_session()
         sid = info.session_id
         await engine.append_tokens(sid, PROMPT)
-        stream = await engine.add(None, LONG, PLAIN, session_id=sid)
+        stream = await engine.add(Submission(None, LONG, PLAIN, session_id=sid))
         await _first_token(stream)
         with pytest.raises(SessionBusy):
             await engine.append_tokens(sid, [1])  # refused while the generate is admitted
@@ -99,7 +99,7 @@ def test_failed_step_checks_the_session_in_without_its_cache(engine):
             await _drain(stream)
         after = await engine.session_info(sid)
         assert not after.busy and after.kv_cached_tokens == 0 and after.history_length > len(PROMPT)
-        again = await _drain(await engine.add(None, SamplingParams(max_tokens=4), PLAIN, session_id=sid))
+        again = await _drain(await engine.add(Submission(None, SamplingParams(max_tokens=4), PLAIN, session_id=sid)))
         assert len(again.token_ids) == 4  # the next turn re-prefills and works
 
     asyncio.run(main())
@@ -115,21 +115,21 @@ def test_failing_observer_does_not_stop_decoding(engine):
     engine.on_step = observer
 
     async def main():
-        return await _drain(await engine.add(PROMPT, SamplingParams(max_tokens=12, ignore_eos=True), PLAIN))
+        return await _drain(await engine.add(Submission(PROMPT, SamplingParams(max_tokens=12, ignore_eos=True), PLAIN)))
 
     assert len(asyncio.run(main()).token_ids) == 12 and len(calls) >= 11 and engine.alive  # every step raised
 
 
 def test_dead_engine_ends_every_await_and_says_why(engine):
     async def main():
-        stream = await engine.add(PROMPT, LONG, PLAIN)
+        stream = await engine.add(Submission(PROMPT, LONG, PLAIN))
         await _first_token(stream)
         engine._call(lambda: setattr(engine.core, "scheduler", None)).result(10)  # the loop itself now fails
         with pytest.raises(EngineDead) as e:
             await asyncio.wait_for(_drain(stream), 10)
         assert "AttributeError" in e.value.message
         with pytest.raises(EngineDead):
-            await asyncio.wait_for(engine.add(PROMPT, LONG, PLAIN), 10)
+            await asyncio.wait_for(engine.add(Submission(PROMPT, LONG, PLAIN)), 10)
         with pytest.raises(EngineDead):
             await asyncio.wait_for(engine.session_info("x"), 10)
 
@@ -150,7 +150,7 @@ def test_repeated_step_failures_kill_the_engine_after_a_bound(tiny_loaded, tiny_
     engine = AsyncEngine(LLM(loaded, EngineConfig(max_running=1)))
 
     async def main():
-        streams = [await engine.add(PROMPT, LONG, PLAIN) for _ in range(MAX_FAILED_STEPS + 1)]
+        streams = [await engine.add(Submission(PROMPT, LONG, PLAIN)) for _ in range(MAX_FAILED_STEPS + 1)]
         block = engine.core.verifier.fast.blocks[0]
         await asyncio.wrap_future(engine._call(lambda: setattr(block, "o", nn.Linear(1, 1))))  # every forward fails now
         for stream in streams[:MAX_FAILED_STEPS]:
@@ -166,21 +166,21 @@ def test_repeated_step_failures_kill_the_engine_after_a_bound(tiny_loaded, tiny_
 
 def test_shutdown_with_streams_open_tells_every_caller(engine):
     async def main():
-        running = await engine.add(PROMPT, LONG, PLAIN)
-        queued = await engine.add(PROMPT, LONG, PLAIN)
+        running = await engine.add(Submission(PROMPT, LONG, PLAIN))
+        queued = await engine.add(Submission(PROMPT, LONG, PLAIN))
         await _first_token(running)
         await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
         a, b = await asyncio.wait_for(_drain(running), 10), await asyncio.wait_for(_drain(queued), 10)
         assert a.finish_reason == b.finish_reason == FinishReason.ABORT and b.token_ids == []
         with pytest.raises(EngineDead):
-            await engine.add(PROMPT, LONG, PLAIN)
+            await engine.add(Submission(PROMPT, LONG, PLAIN))
 
     asyncio.run(main())
 
 
 def test_abort_all_reports_abort_and_frees_everything(engine):
     async def main():
-        streams = [await engine.add(PROMPT, LONG, PLAIN) for _ in range(3)]
+        streams = [await engine.add(Submission(PROMPT, LONG, PLAIN)) for _ in range(3)]
         await _first_token(streams[0])
         assert await engine.abort_all() == 3
         results = [await _drain(s) for s in streams]

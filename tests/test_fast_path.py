@@ -15,7 +15,7 @@ from inference_engine.engine.llm import LLM
 from inference_engine.engine.verifier import Verifier
 from inference_engine.models import LoadedModel, load_model
 from inference_engine.models.quantize import Int4Linear, Int8Linear, effective_weight, fuse, quantize
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 30, 151645, 198, 151644, 77091, 198]
 PLAIN = SpeculativeParams("none", 0)
@@ -62,7 +62,7 @@ def test_batched_rows_equal_alone(tiny_loaded, fast):
     prompts = [PROMPT, PROMPT[:5], PROMPT + [9707, 11, 1879]]
     sp = SamplingParams(max_tokens=24, ignore_eos=True)
     alone = [_generate(tiny_loaded, False, p, 24) for p in prompts]
-    reqs = [llm.core.add_request(p, sp, PLAIN) for p in prompts]
+    reqs = [llm.core.add_request(Submission(p, sp, PLAIN)) for p in prompts]
     forwards = llm.core.verifier.forwards
     while llm.core.has_work:
         llm.core.step()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 from test_lossless_models import (  # noqa: F401  (fixtures)
     PLAIN, SMALL_PROMPT, add_mix, fresh_llm, run_steps, small_loaded, small_qwen3_dir, taught_variant,
 )
@@ -31,8 +31,9 @@ def reference(loaded, prompt: list[int], n: int, window: tuple[int, int]) -> lis
     return ids[len(prompt):]
 
 
-def greedy(window=WINDOW, n=N) -> SamplingParams:
-    return SamplingParams(max_tokens=n, ignore_eos=True, kv_window=window)
+def ask(prompt, spec=PLAIN, window=WINDOW, n=N, **admission) -> Submission:
+    """Greedy, `n` tokens, under `window` (sink, window); (0, 0): the full cache."""
+    return Submission(prompt, SamplingParams(max_tokens=n, ignore_eos=True), spec, kv_window=window, **admission)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def expected(small_loaded):
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 def test_plain_equals_the_windowed_model(small_loaded, expected, fast):
     llm = fresh_llm(small_loaded, fast_path=fast, prefix_cache=False)
-    out, _ = run_steps(llm, SMALL_PROMPT, greedy(), PLAIN)
+    out, _ = run_steps(llm, ask(SMALL_PROMPT))
     assert out == expected
-    full, _ = run_steps(llm, SMALL_PROMPT, greedy((0, 0)), PLAIN)
+    full, _ = run_steps(llm, ask(SMALL_PROMPT, window=(0, 0)))
     assert full != expected  # the window is in effect: the full cache writes something else
 
 
@@ -56,8 +57,8 @@ def test_spec_equals_plain_under_the_window(small_loaded, expected, fast):
     total: dict[str, int] = {}
     for k in (1, 3, 8):
         llm = fresh_llm(small_loaded, fast_path=fast, prefix_cache=False)
-        llm.core.suffix.add_sequence(SMALL_PROMPT + taught_variant(expected))
-        out, steps = run_steps(llm, SMALL_PROMPT, greedy(), SpeculativeParams("suffix", k))
+        llm.core.speculator.suffix_for("").add_sequence(SMALL_PROMPT + taught_variant(expected))
+        out, steps = run_steps(llm, ask(SMALL_PROMPT, spec=SpeculativeParams("suffix", k)))
         assert out == expected, k
         add_mix(total, steps)
     assert total.get("full", 0) and total.get("partial", 0) + total.get("rejected", 0), total
@@ -65,8 +66,8 @@ def test_spec_equals_plain_under_the_window(small_loaded, expected, fast):
 
 def test_window_wider_than_the_text_is_the_full_model(small_loaded):
     llm = fresh_llm(small_loaded, prefix_cache=False)
-    full, _ = run_steps(llm, SMALL_PROMPT, greedy((0, 0), 24), PLAIN)
-    wide, _ = run_steps(llm, SMALL_PROMPT, greedy((4, 64), 24), PLAIN)
+    full, _ = run_steps(llm, ask(SMALL_PROMPT, window=(0, 0), n=24))
+    wide, _ = run_steps(llm, ask(SMALL_PROMPT, window=(4, 64), n=24))
     assert wide == full
 
 
@@ -81,7 +82,7 @@ def test_session_turns_hold_the_window_and_its_bytes(small_loaded):
     history = list(SMALL_PROMPT)
     per_pos = None
     for turn in range(3):
-        req = llm.core.add_request(history, greedy(n=12), SpeculativeParams("ngram", k), session_id="s")
+        req = llm.core.add_request(ask(history, SpeculativeParams("ngram", k), n=12, session_id="s"))
         while not req.finished:
             llm.core.step()
             c = req.cache
@@ -89,7 +90,7 @@ def test_session_turns_hold_the_window_and_its_bytes(small_loaded):
                 per_pos = per_pos or c.nbytes // c.capacity
                 assert c.nbytes <= (S + W + k + 1) * per_pos, (turn, c.capacity)
         assert (req.cached_tokens > 0) == (turn > 0)
-        fresh, _ = run_steps(ref, history, greedy(n=12), PLAIN)
+        fresh, _ = run_steps(ref, ask(history, n=12))
         assert req.output_ids == fresh, turn
         history = history + req.output_ids + [40, 1079]  # the next user message
     s = llm.core.sessions.get("s")
@@ -101,9 +102,9 @@ def test_rewinding_into_evicted_positions_prefills_again(small_loaded):
     would be missing positions): it forgets it and the output is still the windowed model's."""
     llm = fresh_llm(small_loaded, prefix_cache=False)
     llm.core.sessions.create(session_id="s")
-    first, _ = run_steps(llm, SMALL_PROMPT, greedy(n=20), PLAIN, session_id="s")
+    first, _ = run_steps(llm, ask(SMALL_PROMPT, n=20, session_id="s"))
     edited = SMALL_PROMPT + first[:5] + [7, 8, 9]
-    req = llm.core.add_request(edited, greedy(n=8), PLAIN, session_id="s")
+    req = llm.core.add_request(ask(edited, n=8, session_id="s"))
     assert req.cached_tokens == 0
     while not req.finished:
         llm.core.step()
@@ -115,11 +116,11 @@ def test_batched_rows_keep_their_own_windows(small_loaded, expected, fast):
     """Two windowed requests and a full one decode in one batched forward (right padding, ring
     slots per row): each gets what it gets alone."""
     llm = fresh_llm(small_loaded, prefix_cache=False, fast_path=fast)
-    full_alone, _ = run_steps(fresh_llm(small_loaded, prefix_cache=False, fast_path=fast), SMALL_PROMPT, greedy((0, 0)), PLAIN)
+    full_alone, _ = run_steps(fresh_llm(small_loaded, prefix_cache=False, fast_path=fast), ask(SMALL_PROMPT, window=(0, 0)))
     longer = SMALL_PROMPT + [40, 1079]
-    reqs = [llm.core.add_request(SMALL_PROMPT, greedy(), SpeculativeParams("ngram", 3)),
-            llm.core.add_request(longer, greedy(), PLAIN),
-            llm.core.add_request(SMALL_PROMPT, greedy((0, 0)), PLAIN)]
+    reqs = [llm.core.add_request(ask(SMALL_PROMPT, SpeculativeParams("ngram", 3))),
+            llm.core.add_request(ask(longer)),
+            llm.core.add_request(ask(SMALL_PROMPT, window=(0, 0)))]
     batched = 0
     while not all(r.finished for r in reqs):
         batched = max(batched, llm.core.step().num_running)
@@ -175,6 +176,6 @@ def test_long_prefill_in_chunks(small_loaded, monkeypatch, chunk):
     prompt = SMALL_PROMPT * 3  # 24 tokens: four chunks and a tail, or one forward
     llm = fresh_llm(small_loaded, prefix_cache=False)
     before = llm.core.verifier.forwards
-    out, _ = run_steps(llm, prompt, greedy(n=10), PLAIN)
+    out, _ = run_steps(llm, ask(prompt, n=10))
     assert out == reference(small_loaded, prompt, 10, WINDOW)
     assert llm.core.verifier.forwards - before == 10 + (4 if chunk == 5 else 0)

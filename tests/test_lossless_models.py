@@ -18,7 +18,7 @@ import torch
 from inference_engine.config import EngineConfig, ModelConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.models import LoadedModel, load_model
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 
 SMALL_VOCAB = 2048
 SMALL_PROMPT = [40, 1079, 264, 1273, 13, 358, 1079, 264]  # real Qwen3 token ids below SMALL_VOCAB
@@ -88,10 +88,13 @@ def near_small(small_qwen3_dir, tmp_path_factory) -> LoadedModel:
     return _once("near", lambda: _load(perturbed_copy(small_qwen3_dir, tmp_path_factory.mktemp("near-small"), noise=0.05)))
 
 
-def run_steps(llm: LLM, prompt, sampling: SamplingParams, spec: SpeculativeParams, session_id: Optional[str] = None):
+def run_steps(llm: LLM, prompt, sampling: Optional[SamplingParams] = None, spec: Optional[SpeculativeParams] = None,
+              session_id: Optional[str] = None):
     """Generate through EngineCore.step(); returns (tokens, [(drafted, accepted) per step]).
-    The request must be the only one running, so each step's stats are its own."""
-    req = llm.core.add_request(prompt, sampling, spec, session_id=session_id)
+    The request must be the only one running, so each step's stats are its own. `prompt` may be a
+    whole Submission."""
+    sub = prompt if isinstance(prompt, Submission) else Submission(prompt, sampling, spec, session_id=session_id)
+    req = llm.core.add_request(sub)
     steps = []
     while not req.finished:
         s = llm.core.step().spec

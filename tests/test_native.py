@@ -305,7 +305,7 @@ def test_default_configuration_speculation_equals_plain(tiny_gguf, method, k):
     llm = LLM(tiny_gguf, EngineConfig(cost_curve=(1.0,) * 17, prefix_cache=False),
               draft=tiny_gguf if method == "draft" else None)
     if method in ("suffix", "auto"):  # drafts that run right for a while, then wrong: every 6th token off
-        llm.core.suffix.add_sequence(PROMPT + [t if i % 6 != 5 else (t + 1) % 1000 for i, t in enumerate(plain)])
+        llm.core.speculator.suffix_for("").add_sequence(PROMPT + [t if i % 6 != 5 else (t + 1) % 1000 for i, t in enumerate(plain)])
     out = llm.generate(PROMPT, sp, SpeculativeParams(method, k))
     assert out.token_ids == plain
     assert out.spec.accepted_tokens > 0

@@ -7,7 +7,7 @@ from inference_engine.cache.session_store import SessionStore, common_prefix
 from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.errors import InvalidRequest, SessionBusy, SessionNotFound, TooManySessions
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 from test_lossless_models import (  # noqa: F401  (fixtures)
     CPU_LIKE, add_mix, fresh_llm, near_small, run_steps, small_loaded, small_qwen3_dir,
 )
@@ -227,15 +227,15 @@ def test_busy_not_found_and_empty_history(tiny_llm):
     store = tiny_llm.core.sessions
     sid = store.create().session_id
     with pytest.raises(InvalidRequest, match="no tokens"):
-        tiny_llm.core.add_request(None, GREEDY, session_id=sid)
+        tiny_llm.core.add_request(Submission(None, GREEDY, session_id=sid))
     store.append(sid, TURN1)
-    tiny_llm.core.add_request(None, GREEDY, session_id=sid)
+    tiny_llm.core.add_request(Submission(None, GREEDY, session_id=sid))
     with pytest.raises(SessionBusy):
-        tiny_llm.core.add_request(None, GREEDY, session_id=sid)
+        tiny_llm.core.add_request(Submission(None, GREEDY, session_id=sid))
     with pytest.raises(SessionBusy):
         store.append(sid, TURN2)
     with pytest.raises(SessionNotFound):
-        tiny_llm.core.add_request(None, GREEDY, session_id="nope")
+        tiny_llm.core.add_request(Submission(None, GREEDY, session_id="nope"))
     while tiny_llm.core.has_work:
         tiny_llm.core.step()
     assert not store.get(sid).busy
@@ -248,7 +248,7 @@ def test_abort_returns_the_session(tiny_llm):
     store = tiny_llm.core.sessions
     sid = store.create().session_id
     store.append(sid, TURN1)
-    req = tiny_llm.core.add_request(None, GREEDY, session_id=sid)
+    req = tiny_llm.core.add_request(Submission(None, GREEDY, session_id=sid))
     tiny_llm.core.step()
     tiny_llm.core.step()
     assert tiny_llm.core.abort(req.request_id)

@@ -30,7 +30,7 @@ def _engine(loaded, method, reference):
     while and then wrong. auto's cost curve is pinned (fresh_llm)."""
     llm = fresh_llm(loaded, prefix_cache=False)
     if method in ("suffix", "auto"):
-        llm.core.suffix.add_sequence(SMALL_PROMPT + taught_variant(reference))
+        llm.core.speculator.suffix_for("").add_sequence(SMALL_PROMPT + taught_variant(reference))
     return llm
 
 

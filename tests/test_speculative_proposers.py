@@ -13,7 +13,7 @@ from inference_engine.engine.llm import LLM
 from inference_engine.engine.sampling import target_probs
 from inference_engine.errors import ModelLoadError
 from inference_engine.models import load_model
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 11, 9707, 11]
 PLAIN = SpeculativeParams("none", 0)
@@ -53,7 +53,7 @@ def test_suffix_learns_from_finished_requests(tiny_llm):
     again = tiny_llm.generate(PROMPT, GREEDY, SpeculativeParams("suffix", 8))
     assert again.token_ids == first.token_ids
     assert again.spec.accepted_tokens >= 20 and again.spec.verify_steps <= 5
-    assert tiny_llm.core.suffix.num_tokens > 0
+    assert tiny_llm.core.speculator.suffix_index_tokens > 0
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_auto_prefers_plain_when_drafts_fail(tiny_loaded):
     out = llm.generate(prompt, SamplingParams(max_tokens=64, ignore_eos=True), SpeculativeParams("auto", 8))
     s = out.spec
     assert s.plain_steps > 0.6 * s.verify_steps, s
-    rates = llm.core.controller.rates()
+    rates = llm.core.speculator.controller.rates()
     assert rates and rates[0] < 0.5  # learned down from the 0.5 prior
 
 
@@ -145,7 +145,7 @@ def test_auto_notices_when_drafts_start_matching(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig(cost_curve=(1.0, 1.6, 1.62, 1.65, 1.7, 1.72, 1.75, 1.78, 1.8)))
     sp = SamplingParams(max_tokens=48, ignore_eos=True)
     llm.generate(PROMPT * 6, sp, SpeculativeParams("auto", 8))
-    assert llm.core.controller.rates()[0] < 0.5
+    assert llm.core.speculator.controller.rates()[0] < 0.5
     known = llm.generate(PROMPT, sp, PLAIN)  # the suffix index now holds this output
     again = llm.generate(PROMPT, sp, SpeculativeParams("auto", 8))
     assert again.token_ids == known.token_ids
@@ -157,10 +157,10 @@ def test_draft_model_runs_on_the_fast_path_and_equals_transformers(draft_llms, o
     (used when no engine runner is given) drafts the same tokens."""
     from kv_cache_proposer.draft_model import DraftModelProposer
 
-    engine_side = draft_llms["other"].core.proposers["draft"]
+    engine_side = draft_llms["other"].core.speculator.proposers["draft"]
     assert engine_side.runner.path == "fast"
     standalone = DraftModelProposer(other_qwen3.model)
-    req = draft_llms["other"].core.add_request(PROMPT, GREEDY, SpeculativeParams("draft", 6), request_id="cmp")
+    req = draft_llms["other"].core.add_request(Submission(PROMPT, GREEDY, SpeculativeParams("draft", 6), request_id="cmp"))
     try:
         for history in (PROMPT, PROMPT + [9707, 11], PROMPT[:-2]):  # grows, then crops back
             req.prompt_ids[:] = history

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import ray
@@ -17,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
 from ..engine.request_stream import SessionInfo
 from ..errors import EngineDead, EngineError
-from ..types import EngineResult, FinishReason, SamplingParams, SpecStats, SpeculativeParams, Usage
+from ..types import EngineResult, FinishReason, SpecStats, Submission, Usage
 
 PREFIX_TOKENS = 64
 RELEASE_WAIT_S = 5.0  # at most, for a replica to release a session after an abort (then the lease decides)
@@ -136,18 +137,16 @@ class RemoteEngine:
     async def prepare_grammar(self, grammar: str) -> None:
         """Grammars compile on the replica that runs the request (off its engine thread)."""
 
-    async def add(self, prompt_ids: Optional[Sequence[int]], sampling: SamplingParams,
-                  spec: Optional[SpeculativeParams] = None, request_id: Optional[str] = None,
-                  session_id: Optional[str] = None, tenant: str = "", create_session: bool = False) -> RemoteStream:
-        key = session_id or prefix_key(prompt_ids or [])
-        prompt = list(prompt_ids) if prompt_ids is not None else None
+    async def add(self, sub: Submission) -> RemoteStream:
+        key = sub.session_id or prefix_key(sub.prompt_ids or [])
+        if sub.prompt_ids is not None:
+            sub = replace(sub, prompt_ids=list(sub.prompt_ids))
         for attempt in range(ATTEMPTS):
-            response = self.handle.options(stream=True, session_id=key).generate.remote(
-                prompt, sampling, spec, session_id, tenant, create_session)
+            response = self.handle.options(stream=True, session_id=key).generate.remote(sub)
             try:
                 _, replica = await unwrap(response.__anext__())
-                return RemoteStream(response, replica, len(prompt or ()), self.tokenizer,
-                                    (self.directory, tenant, session_id) if session_id else None)
+                return RemoteStream(response, replica, len(sub.prompt_ids or ()), self.tokenizer,
+                                    (self.directory, sub.tenant, sub.session_id) if sub.session_id else None)
             except _GONE:
                 if attempt == ATTEMPTS - 1:
                     raise EngineDead("the engine replicas went away; retry shortly") from None

@@ -20,7 +20,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.request_stream import SessionInfo
 from ..errors import SessionNotFound
 from ..http.app import engine_metrics
-from ..types import EngineResult, SamplingParams, SpeculativeParams
+from ..types import EngineResult, Submission
 from .directory import Claim
 from .remote import unwrap
 
@@ -63,17 +63,16 @@ class EngineReplica:
         """What the ingress needs to validate and render requests without a model of its own."""
         return {"info": self.engine.info, "limits": self.engine.limits, "tokenizer": self.engine.tokenizer}
 
-    async def generate(self, prompt: Optional[list[int]], sampling: SamplingParams, spec: Optional[SpeculativeParams],
-                       session_id: Optional[str], tenant: str, create_session: bool):
+    async def generate(self, sub: Submission):
         """Yields ("admitted", replica id), then (items, spec stats, cached tokens) batches; the last
         item of the last batch is the EngineResult. Refusals raise before the first message."""
-        claim = await self._acquire(session_id, tenant, create_session) if session_id else None
+        session_id, tenant = sub.session_id, sub.tenant
+        claim = await self._acquire(session_id, tenant, sub.create_session) if session_id else None
         stream = None
         try:
-            if sampling.grammar is not None:
-                await self.engine.prepare_grammar(sampling.grammar)
-            stream = await self.engine.add(prompt, sampling, spec, session_id=session_id, tenant=tenant,
-                                           create_session=create_session)
+            if sub.sampling.grammar is not None:
+                await self.engine.prepare_grammar(sub.sampling.grammar)
+            stream = await self.engine.add(sub)
             yield ("admitted", self.id)
             async for item in stream:
                 items = [item] + ([] if isinstance(item, EngineResult) else stream.pending())

@@ -19,7 +19,7 @@ import threading
 from typing import Callable, Optional, Sequence
 
 from ..errors import ContextLengthExceeded, EngineDead, InvalidRequest, SessionNotFound, StepFailed
-from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams, StepStats
+from ..types import EngineResult, SpecStats, StepStats, Submission
 from .llm import LLM
 from .request_stream import RequestStream, SessionInfo, _Stream
 from .validation import Limits, check_kv_window, check_token_ids
@@ -93,7 +93,7 @@ class AsyncEngine:
     @property
     def suffix_index_tokens(self) -> int:
         """Tokens indexed for suffix drafting, over every tenant's index."""
-        return self.core.suffix_index_tokens
+        return self.core.speculator.suffix_index_tokens
 
     @property
     def cache_usage(self) -> float:
@@ -215,16 +215,7 @@ class AsyncEngine:
 
     # -- asyncio side: requests ------------------------------------------------
 
-    async def add(
-        self,
-        prompt_ids: Optional[Sequence[int]],
-        sampling: SamplingParams,
-        spec: Optional[SpeculativeParams] = None,
-        request_id: Optional[str] = None,
-        session_id: Optional[str] = None,
-        tenant: str = "",
-        create_session: bool = False,
-    ) -> RequestStream:
+    async def add(self, sub: Submission) -> RequestStream:
         """Admit a request: when this returns it is queued in the engine, its session checked out;
         a refusal (invalid, queue full, session busy or missing) raises here, before any response."""
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -235,8 +226,7 @@ class AsyncEngine:
             return False
 
         def add() -> str:
-            stream.request = self.core.add_request(prompt_ids, sampling, spec, on_token, request_id, session_id,
-                                                   tenant, create_session)
+            stream.request = self.core.add_request(sub, on_token)
             self._streams[stream.request.request_id] = stream
             return stream.request.request_id
 

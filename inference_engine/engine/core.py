@@ -1,4 +1,4 @@
-"""EngineCore: the loop. One step = schedule → propose → verify → accept → update."""
+"""EngineCore: the loop. One step = schedule → propose → verify → accept → observe → update."""
 from __future__ import annotations
 
 import itertools
@@ -8,24 +8,19 @@ from typing import Optional, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from kv_cache_proposer.adaptive import AdaptiveController
-from kv_cache_proposer.base import Draft, PlainProposer, Proposer
-from kv_cache_proposer.draft_model import DraftModelProposer
-from kv_cache_proposer.ngram import NgramProposer
-from kv_cache_proposer.suffix import SuffixProposer
+from kv_cache_proposer.base import Draft
 
 from ..cache.kv_cache import KVWindow
-from ..cache.session_store import SessionStore, common_prefix
+from ..cache.session_store import Session, SessionStore, common_prefix
 from ..config import EngineConfig
 from ..errors import InvalidRequest
-from ..types import FinishReason, SamplingParams, SpecStats, SpeculativeParams, StepStats, TokenCallback, TokenLogprob
+from ..types import FinishReason, SpecStats, StepStats, Submission, TokenCallback, TokenLogprob
 from .acceptance import Acceptance, accept_greedy, accept_sampled
-from .calibration import cost_curve
-from .cost_model import CostModel
 from .grammar import Grammar, GrammarCompiler
 from .request import Request
 from .sampling import adjust_logits, make_generator, position_generator, target_probs
 from .scheduler import Scheduler
+from .speculator import Speculator
 from .validation import Limits, validate
 from .verifier import Verifier
 
@@ -43,72 +38,47 @@ class EngineCore:
         self.verifier = Verifier(model, config.max_batch, config.fast_path, config.compile, config.cuda_graphs)
         self.sessions = SessionStore(config.session_cache_bytes, config.session_ttl, config.max_sessions)
         self.scheduler = Scheduler(config.max_running, config.max_waiting)
-        suffix = SuffixProposer(config.suffix_cache_tokens)
-        self.proposers: dict[str, Proposer] = {
-            "none": PlainProposer(),
-            "ngram": NgramProposer(config.ngram_max, config.ngram_min),
-            "suffix": suffix,
-            "auto": suffix,  # with k chosen per step by the controller
-        }
-        if draft_model is not None:
-            # the draft model runs on the same fast path (or eager fallback) as the verifier
-            self.proposers["draft"] = DraftModelProposer(draft_model, Verifier(draft_model, 1, config.fast_path, config.compile, config.cuda_graphs))
-        self.suffix = suffix  # the index of tenant "" (no API keys, or caches shared across keys)
-        self._suffixes: dict[str, SuffixProposer] = {"": suffix}
-        self._controller: Optional[AdaptiveController] = None
-        self._costs: Optional[CostModel] = None
-        self._shadow: dict[str, int] = {}  # auto requests at k = 0: the token the proposer would have drafted
-        self.grammars: Optional[GrammarCompiler] = None  # set by LLM, which holds the tokenizer
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
-        self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, tuple(sorted(self.proposers)),
+        self.speculator = Speculator(config, self.verifier, self.max_context, draft_model)
+        self.grammars: Optional[GrammarCompiler] = None  # set by LLM, which holds the tokenizer
+        self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, self.speculator.methods,
                              config.speculative)
         self._ids = itertools.count()
 
-    def add_request(
-        self,
-        prompt_ids: Optional[Sequence[int]],
-        sampling: SamplingParams,
-        spec: Optional[SpeculativeParams] = None,
-        on_token: Optional[TokenCallback] = None,
-        request_id: Optional[str] = None,
-        session_id: Optional[str] = None,
-        tenant: str = "",
-        create_session: bool = False,
-    ) -> Request:
+    def add_request(self, sub: Submission, on_token: Optional[TokenCallback] = None) -> Request:
         """Queue a request, or raise before anything changed. With a session, prompt_ids=None continues
         the session's own history (gRPC); a full prompt (HTTP) replaces it, reusing the KV of the
         prefix they share. `create_session` makes a new session id (HTTP: named by the client) only
         once the request is known to be valid. `tenant` owns sessions and partitions the caches."""
-        spec = spec or self.config.speculative
+        spec, sampling, prompt_ids = sub.spec or self.config.speculative, sub.sampling, sub.prompt_ids
         session = None
-        if session_id is not None and not (create_session and prompt_ids is not None):
-            session = self.sessions.get(session_id, tenant)
+        if sub.session_id is not None and not (sub.create_session and prompt_ids is not None):
+            session = self.sessions.get(sub.session_id, sub.tenant)
         if prompt_ids is None:
             if session is None or not session.history:
                 raise InvalidRequest("the session has no tokens yet; append tokens before generating", "session_id")
             prompt_ids = list(session.history)
-        validate(prompt_ids, sampling, spec, self.limits)
+        validate(prompt_ids, sampling, spec, sub.kv_window, self.limits)
         grammar = self._grammar(sampling.grammar)
         self.scheduler.check_capacity()  # Overloaded before any session is touched
-        if session_id is not None:
-            session = self.sessions.check_out(session_id, tenant, create=create_session)  # SessionBusy
+        if sub.session_id is not None:
+            session = self.sessions.check_out(sub.session_id, sub.tenant, create=sub.create_session)  # SessionBusy
         stop = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else self.eos_ids)
         if session is not None:
             stop |= frozenset(session.eos_ids)
-        req = Request(request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token,
-                      tenant="" if self.config.share_cache_across_keys else tenant)
+        req = Request(sub.request_id or f"req-{next(self._ids)}", list(prompt_ids), sampling, spec, stop, on_token,
+                      tenant="" if self.config.share_cache_across_keys else sub.tenant)
         req.generator = make_generator(sampling.seed, self.verifier.device)
         req.arrived_at = time.monotonic()
         req.session, req.grammar = session, grammar
-        req.kv_window = self._kv_window(sampling, session)
+        req.kv_window = self._kv_window(sub.kv_window, session)
         self._attach_cache(req)
         self.scheduler.add(req)  # cannot refuse: capacity was checked above, on this same thread
         return req
 
-    def _kv_window(self, sampling: SamplingParams, session) -> Optional[KVWindow]:
+    def _kv_window(self, w: Optional[tuple[int, int]], session: Optional[Session]) -> Optional[KVWindow]:
         """The request's own window, else its session's, else the server's; (0, 0) or None: full."""
-        w = sampling.kv_window
         if w is None and session is not None:
             w = session.kv_window
         w = self.config.kv_window if w is None else w
@@ -163,100 +133,21 @@ class EngineCore:
 
     def step(self) -> StepStats:
         batch = self.scheduler.schedule()
-        drafts = self.propose(batch)
-        before, decoding, t0 = self.verifier.forwards, _decoding(batch), time.perf_counter()
-        logits = self.verifier.verify(batch, drafts)  # per request [k+1, V]
-        logits = [self.score_prompt(r, d, lg) for r, d, lg in zip(batch, drafts, logits)]
+        drafts = self.speculator.propose(batch)
+        decoding, forwards, t0 = _decoding(batch), self.verifier.forwards, time.perf_counter()
+        logits = self.verify(batch, drafts)  # per request [k+1, V]
         outcomes = [self.accept(r, d, l) for r, d, l in zip(batch, drafts, logits)]  # syncs the device
-        if decoding and self._costs is not None:
-            k, context = max(len(d.tokens) for d in drafts), max(r.num_tokens for r in batch)
-            self._costs.observe(k, len(batch), context, time.perf_counter() - t0)
-        stats = self.update(batch, drafts, outcomes, logits)
-        stats.forwards = self.verifier.forwards - before
-        return stats
+        self.speculator.observe(batch, drafts, outcomes, time.perf_counter() - t0 if decoding else None)
+        return self.update(batch, outcomes, logits, self.verifier.forwards - forwards)
 
     # -- the parts of a step -------------------------------------------------
 
-    @property
-    def controller(self) -> AdaptiveController:
-        """Built on first use, with the cost model: calibrating its seed takes a few forwards."""
-        self._build_adaptive()
-        return self._controller
+    def verify(self, batch: Sequence[Request], drafts: Sequence[Draft]) -> list[torch.Tensor]:
+        """Each request's [k+1, V] logits: its drafts and the bonus row, prompt rows scored off."""
+        logits = self.verifier.verify(batch, drafts)
+        return [self.score_prompt(r, lg) for r, lg in zip(batch, logits)]
 
-    @property
-    def costs(self) -> CostModel:
-        self._build_adaptive()
-        return self._costs
-
-    def _build_adaptive(self) -> None:
-        if self._controller is None:
-            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
-            self._controller = AdaptiveController()
-
-    def proposer_for(self, req: Request) -> Proposer:
-        if req.spec.method in ("suffix", "auto"):
-            return self.suffix_for(req.tenant)
-        return self.proposers[req.spec.method]
-
-    @property
-    def suffix_index_tokens(self) -> int:
-        return sum(s.num_tokens for s in self._suffixes.values())
-
-    def suffix_for(self, tenant: str) -> SuffixProposer:
-        """Each tenant drafts only from its own past requests: a shared index would leak prompts."""
-        if tenant not in self._suffixes:
-            self._suffixes[tenant] = SuffixProposer(self.config.suffix_cache_tokens)
-        return self._suffixes[tenant]
-
-    def num_draft_tokens(self, req: Request, batch_size: int = 1) -> int:
-        """k for this step: never draft past max_tokens or the context window; `auto` asks the
-        controller, with the verify cost at this batch size and context."""
-        return self._choose_k(req, self._draft_cap(req), batch_size)
-
-    def _draft_cap(self, req: Request) -> int:
-        if req.spec.method == "none":
-            return 0
-        return max(0, min(req.spec.num_draft_tokens, req.remaining - 1, self.max_context - req.num_tokens))
-
-    def _choose_k(self, req: Request, cap: int, batch_size: int) -> int:
-        if req.spec.method != "auto" or cap == 0:
-            return cap
-        return self.controller.choose_k(req.request_id, cap, self.costs.curve(batch_size, req.num_tokens))
-
-    def propose(self, batch: Sequence[Request]) -> list[Draft]:
-        drafts: list[Draft] = [Draft([]) for _ in batch]
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, req in enumerate(batch):
-            groups.setdefault((req.spec.method, req.tenant), []).append(i)
-        for (method, _), idx in groups.items():
-            caps = [self._draft_cap(batch[i]) for i in idx]
-            ks = [self._choose_k(batch[i], cap, len(batch)) for i, cap in zip(idx, caps)]
-            # auto at k = 0 still asks for one token, a shadow draft: compared with what the verifier
-            # emits, it shows acceptance recovering without paying for a verify
-            asked = [max(k, 1) if method == "auto" and cap else k for k, cap in zip(ks, caps)]
-            proposer = self.proposer_for(batch[idx[0]])
-            for i, k, a, draft in zip(idx, ks, asked, proposer.propose([batch[i] for i in idx], asked)):
-                drafts[i] = self._constrain(batch[i], draft.truncate(k), proposer)
-                if k < a and draft.tokens:
-                    self._shadow[batch[i].request_id] = draft.tokens[0]
-        return drafts
-
-    def _constrain(self, req: Request, draft: Draft, proposer: Proposer) -> Draft:
-        """Cut a draft to what the request's grammar allows (the rest would be rejected anyway);
-        the proposer forgets the cut tokens as it does rejected ones. Where nothing is left, the
-        tokens the grammar forces (the fixed parts of a JSON object) are a free draft."""
-        if req.grammar is None:
-            return draft
-        n = req.grammar.valid_prefix(draft.tokens)
-        if n < len(draft.tokens):
-            proposer.rewind(req.request_id, len(draft.tokens) - n)
-        if n == 0 and (cap := self._draft_cap(req)):
-            forced = req.grammar.forced()[:cap]
-            if forced:
-                return Draft(forced, forced=True)
-        return draft.truncate(n)
-
-    def score_prompt(self, req: Request, draft: Draft, logits: torch.Tensor) -> torch.Tensor:
+    def score_prompt(self, req: Request, logits: torch.Tensor) -> torch.Tensor:
         """A prefill that kept every row (prompt logprobs): rows 0..L-2 score prompt tokens 1..L-1;
         the last k+1 rows go on as usual."""
         if req.sampling.prompt_logprobs is None or req.prompt_logprobs:
@@ -284,21 +175,13 @@ class EngineCore:
             return lambda i: None
         return lambda i: position_generator(seed, start + i, device)
 
-    def update(
-        self, batch: Sequence[Request], drafts: Sequence[Draft], outcomes: Sequence[Acceptance], logits: Sequence[torch.Tensor]
-    ) -> StepStats:
-        stats = StepStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting))
-        for req, draft, out, lg in zip(batch, drafts, outcomes, logits):
-            rejected = out.num_drafted - out.num_accepted
-            req.cache.trim(rejected)  # rollback: the KV of rejected drafts is cropped, not copied
+    def update(self, batch: Sequence[Request], outcomes: Sequence[Acceptance], logits: Sequence[torch.Tensor],
+               forwards: int) -> StepStats:
+        """Roll each request's KV back past its rejected drafts, emit its tokens, end the finished."""
+        stats = StepStats(len(self.scheduler.running), len(self.scheduler.waiting), forwards)
+        for req, out, lg in zip(batch, outcomes, logits):
+            req.cache.trim(out.num_drafted - out.num_accepted)  # rollback: rejected drafts' KV is cropped, not copied
             req.cache.settle()  # then a windowed cache gives back what a prefill grew (trim before evict)
-            if rejected:
-                self.proposer_for(req).rewind(req.request_id, rejected)
-            if req.spec.method == "auto" and out.num_drafted and not draft.forced:  # forced: no news of the proposer
-                self.controller.observe(req.request_id, out.num_drafted, out.num_accepted)
-            shadow = self._shadow.pop(req.request_id, None)
-            if shadow is not None:
-                self.controller.observe(req.request_id, 1, int(out.tokens[0] == shadow))
             if req.sampling.logprobs is not None:
                 req.logprobs.extend(_logprobs(lg, out.tokens, req.sampling.logprobs))
             tokens = out.tokens if req.grammar is None else req.grammar.advance(out.tokens)
@@ -308,10 +191,7 @@ class EngineCore:
             step = _step_stats(out, emitted)
             req.stats.add(step)
             stats.spec.add(step)
-            stats.scheduled_tokens += len(draft.tokens) + 1
-            stats.generated_tokens += emitted
             if req.finished:
-                stats.finished += 1
                 self._release(req)
         return stats
 
@@ -337,10 +217,7 @@ class EngineCore:
 
     def _release(self, req: Request) -> None:
         self.scheduler.remove(req)
-        self.proposer_for(req).release(req.request_id)
-        if self._controller is not None:
-            self._controller.release(req.request_id)
-        self.suffix_for(req.tenant).add_sequence(req.token_ids)  # later requests may repeat this one
+        self.speculator.release(req)
         if req.session is not None:
             self.sessions.check_in(req.session, req.token_ids, req.cache, req.stats)
         elif self.config.prefix_cache:

@@ -8,7 +8,7 @@ from ..config import EngineConfig
 from ..errors import ModelLoadError
 from ..models import LoadedModel
 from ..tokenizer import decode
-from ..types import EngineResult, SamplingParams, SpeculativeParams, Timings, TokenCallback, Usage
+from ..types import EngineResult, SamplingParams, SpeculativeParams, Submission, Timings, TokenCallback, Usage
 from .core import EngineCore
 from .grammar import GrammarCompiler
 from .request import Request
@@ -36,10 +36,11 @@ class LLM:
         sampling: SamplingParams = SamplingParams(),
         spec: Optional[SpeculativeParams] = None,
         on_token: Optional[TokenCallback] = None,
-        session_id: Optional[str] = None,
+        **admission,
     ) -> EngineResult:
-        """Run one request to completion (other queued requests advance alongside it)."""
-        req = self.core.add_request(prompt_ids, sampling, spec, on_token, session_id=session_id)
+        """Run one request to completion (other queued requests advance alongside it); `admission`:
+        the rest of a Submission (session_id, kv_window, tenant, request_id, create_session)."""
+        req = self.core.add_request(Submission(prompt_ids, sampling, spec, **admission), on_token)
         while not req.finished:
             self.core.step()
         return self.result(req)

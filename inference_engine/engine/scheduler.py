@@ -1,8 +1,7 @@
 """Admission and interleaving: FIFO waiting queue, a bounded running set.
 
 Every running request advances by one verify step per engine step, so long generations
-cannot starve short ones. Requests run one forward each (batch size 1 per forward);
-batching ragged caches is future work noted in docs/architecture.md.
+cannot starve short ones; the verifier batches the decoding ones into one forward.
 """
 from __future__ import annotations
 

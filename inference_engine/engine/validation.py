@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import ContextLengthExceeded, InvalidRequest
 from ..types import SamplingParams, SpeculativeParams
@@ -26,7 +26,8 @@ def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
         raise InvalidRequest(f"{param} token id {bad} is outside the vocabulary [0, {vocab_size})", param)
 
 
-def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams, limits: Limits) -> None:
+def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativeParams,
+             kv_window: Optional[Sequence[int]], limits: Limits) -> None:
     if len(prompt_ids) == 0:
         raise InvalidRequest("prompt is empty: at least one prompt token is required", "prompt")
     least = 0 if sp.prompt_logprobs is not None else 1  # 0: score the prompt only (eval harnesses)
@@ -63,8 +64,8 @@ def validate(prompt_ids: Sequence[int], sp: SamplingParams, spec: SpeculativePar
     bad_bias = next(((t, b) for t, b in sp.logit_bias if not -100.0 <= b <= 100.0), None)
     if bad_bias is not None:
         raise InvalidRequest(f"logit_bias for token {bad_bias[0]} must be in [-100, 100], got {bad_bias[1]}", "logit_bias")
-    if sp.kv_window is not None:
-        check_kv_window(sp.kv_window, limits.max_context)
+    if kv_window is not None:
+        check_kv_window(kv_window, limits.max_context)
     if spec.method not in limits.methods:
         known = ", ".join(limits.methods)
         raise InvalidRequest(f"unknown speculative method {spec.method!r}; expected one of: {known}", "speculative.method")

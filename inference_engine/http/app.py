@@ -17,7 +17,7 @@ from ..engine.validation import validate
 from ..errors import EngineDead, InvalidRequest, ModelNotFound, ShuttingDown
 from ..metrics import Metrics
 from ..tokenizer import apply_chat_template
-from ..types import SamplingParams, SpeculativeParams
+from ..types import SamplingParams, SpeculativeParams, Submission
 from . import errors, openapi, screen, tools
 from .generation import ChoiceEnd, run_choice
 from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
@@ -197,7 +197,6 @@ def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEng
         ignore_eos=body.ignore_eos, grammar=_grammar(body, engine),
         # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response only)
         prompt_logprobs=body.logprobs if getattr(body, "echo", False) and not body.stream else None,
-        kv_window=None if body.kv_window is None else (body.kv_window.sink, body.kv_window.window),
     )
 
 
@@ -293,13 +292,14 @@ async def _admit(engine: AsyncEngine, body, prompts: list[list[int]], max_tokens
     spec = _spec(body, engine)
     if jobs[0][1].grammar is not None:
         await engine.prepare_grammar(jobs[0][1].grammar)
+    window = None if body.kv_window is None else (body.kv_window.sink, body.kv_window.window)
     for prompt, params in jobs[:: body.n]:
-        validate(prompt, params, spec, engine.limits)
+        validate(prompt, params, spec, window, engine.limits)
     session = _session(body, request, len(jobs))
     streams: list[RequestStream] = []
     try:
         for prompt, p in jobs:
-            streams.append(await engine.add(prompt, p, spec, session_id=session, tenant=tenant, create_session=True))
+            streams.append(await engine.add(Submission(prompt, p, spec, session, True, tenant, kv_window=window)))
     except BaseException:
         for s in streams:
             s.cancel()

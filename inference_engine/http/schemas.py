@@ -11,6 +11,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidRequest
+from ..types import SPEC_METHODS
 from . import screen
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
@@ -186,7 +187,7 @@ class StreamOptions(_Lenient):
 class SpeculativeOptions(_Lenient):
     """Kakeya extension: per-request speculation control."""
 
-    method: Optional[Literal["auto", "none", "ngram", "suffix", "draft"]] = None
+    method: Optional[Literal[SPEC_METHODS]] = None
     num_draft_tokens: Optional[int] = Field(default=None, ge=0)
 
 

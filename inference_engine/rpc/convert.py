@@ -5,7 +5,7 @@ from typing import Optional
 
 from ..engine.async_engine import SessionInfo
 from ..errors import InvalidRequest
-from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
+from ..types import SPEC_METHODS, EngineResult, SamplingParams, SpecStats, SpeculativeParams
 from .pb.kakeya.v1 import runtime_pb2 as pb
 
 
@@ -18,7 +18,6 @@ def sampling_from_pb(req: pb.GenerateRequest) -> SamplingParams:
         top_k=req.top_k if req.HasField("top_k") else 0,
         top_p=req.top_p if req.HasField("top_p") else 1.0,
         seed=req.seed if req.HasField("seed") else None,
-        kv_window=kv_window_from_pb(req),
     )
 
 
@@ -28,9 +27,9 @@ def kv_window_from_pb(msg) -> Optional[tuple[int, int]]:
 
 
 def spec_from_pb(opt: pb.SpeculativeOptions, default: SpeculativeParams) -> SpeculativeParams:
-    methods = ("auto", "none", "ngram", "suffix", "draft")
-    if opt.method and opt.method not in methods:
-        raise InvalidRequest(f"speculative.method must be one of {', '.join(methods)}, got {opt.method!r}", "speculative.method")
+    if opt.method and opt.method not in SPEC_METHODS:
+        raise InvalidRequest(f"speculative.method must be one of {', '.join(SPEC_METHODS)}, got {opt.method!r}",
+                             "speculative.method")
     k = opt.num_draft_tokens if opt.HasField("num_draft_tokens") else default.num_draft_tokens
     return SpeculativeParams(opt.method or default.method, k)
 

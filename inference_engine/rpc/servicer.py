@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable
 
 from ..engine.async_engine import AsyncEngine
 from ..tokenizer import StreamingDetokenizer
-from ..types import EngineResult
+from ..types import EngineResult, Submission
 from .convert import done_to_pb, info_to_pb, kv_window_from_pb, sampling_from_pb, spec_from_pb
 from .interceptors import TENANT
 from .pb.kakeya.v1 import runtime_pb2 as pb
@@ -36,7 +36,8 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         detok = StreamingDetokenizer(engine.tokenizer)
         t0, first = time.perf_counter(), None
         # admitted (session checked out) before the first frame; cancelling the RPC aborts it within a step
-        stream = await engine.add(None, sampling, spec, session_id=request.session_id, tenant=TENANT.get())
+        stream = await engine.add(Submission(None, sampling, spec, request.session_id, tenant=TENANT.get(),
+                                             kv_window=kv_window_from_pb(request)))
         try:
             async for item in stream:
                 if isinstance(item, EngineResult):

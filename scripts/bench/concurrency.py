@@ -24,7 +24,7 @@ from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
 from inference_engine.models import load_model  # noqa: E402
 from inference_engine.tokenizer import apply_chat_template  # noqa: E402
-from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission  # noqa: E402
 
 QUESTIONS = [
     "Write a short story about a lighthouse keeper.", "Explain how a bicycle stays upright.",
@@ -36,7 +36,7 @@ QUESTIONS = [
 
 def run(llm: LLM, prompts: list[list[int]], sampling: SamplingParams, spec: SpeculativeParams) -> tuple[float, list[list[int]]]:
     t0 = time.perf_counter()
-    reqs = [llm.core.add_request(p, sampling, spec) for p in prompts]
+    reqs = [llm.core.add_request(Submission(p, sampling, spec)) for p in prompts]
     while llm.core.has_work:
         llm.core.step()
     return time.perf_counter() - t0, [r.output_ids for r in reqs]

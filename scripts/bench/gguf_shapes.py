@@ -98,7 +98,7 @@ sys.path.insert(0, sys.argv[1])
 from inference_engine.cli import build_parser, engine_config, model_config
 from inference_engine.engine.llm import LLM
 from inference_engine.models import load_model
-from inference_engine.types import SamplingParams, SpeculativeParams
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 path, prompt, tokens = sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 serve = build_parser().parse_args(["serve", "--model", path])
 t0 = time.perf_counter()
@@ -113,7 +113,7 @@ for i in range(2):
     t0 = time.perf_counter()
     out = llm.generate(shifted(i + 1), sp, plain)
     runs.append({"total_s": time.perf_counter() - t0, "decode_s": out.timings.decode, "tokens": len(out.token_ids)})
-reqs = [llm.core.add_request(shifted(10 + i), sp, plain) for i in range(4)]
+reqs = [llm.core.add_request(Submission(shifted(10 + i), sp, plain)) for i in range(4)]
 t0 = time.perf_counter()
 while not all(r.finished for r in reqs):
     llm.core.step()

@@ -30,7 +30,7 @@ from common import environment, write_result  # noqa: E402
 from inference_engine.config import EngineConfig  # noqa: E402
 from inference_engine.engine.core import EngineCore  # noqa: E402
 from inference_engine.models.device import resolve_device  # noqa: E402
-from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission  # noqa: E402
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=1024, initializer_range=0.2, tie_word_embeddings=True)
@@ -41,7 +41,7 @@ PLAIN = SpeculativeParams("none", 0)
 def decode(model, prompts: list[list[int]], n: int, spec=PLAIN, draft=None, **cfg):
     """Greedy outputs of `prompts` admitted together, and the engine (for its path and stats)."""
     core = EngineCore(model, [], EngineConfig(prefix_cache=False, **cfg), draft_model=draft)
-    reqs = [core.add_request(p, SamplingParams(max_tokens=n, ignore_eos=True), spec) for p in prompts]
+    reqs = [core.add_request(Submission(p, SamplingParams(max_tokens=n, ignore_eos=True), spec)) for p in prompts]
     while core.has_work:
         core.step()
     return [r.output_ids for r in reqs], core, reqs
@@ -75,7 +75,7 @@ def correctness(device: torch.device) -> list[dict]:
         if name == "suffix":  # the index must hold the text first: a plain run on the same engine
             core = EngineCore(model, [], EngineConfig(prefix_cache=False))
             for sp in (PLAIN, spec):
-                req = core.add_request(prompt, SamplingParams(max_tokens=n, ignore_eos=True), sp)
+                req = core.add_request(Submission(prompt, SamplingParams(max_tokens=n, ignore_eos=True), sp))
                 while core.has_work:
                     core.step()
             got, stats = req.output_ids, req.stats

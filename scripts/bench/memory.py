@@ -37,8 +37,8 @@ def session_kv(llm: LLM, prompt: list[int], window, k: int) -> int:
     """KV bytes a session holds after prefilling `prompt` and one k-draft step's worth of headroom."""
     sid = f"mem-{len(prompt)}-{window}"
     llm.core.sessions.create(session_id=sid)
-    llm.generate(prompt, SamplingParams(max_tokens=1, kv_window=window or (0, 0)), SpeculativeParams("ngram", k),
-                 session_id=sid)
+    llm.generate(prompt, SamplingParams(max_tokens=1), SpeculativeParams("ngram", k), session_id=sid,
+                 kv_window=window or (0, 0))
     held = llm.core.sessions.get(sid).kv_bytes
     llm.core.sessions.close(sid)
     return held

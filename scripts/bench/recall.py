@@ -82,9 +82,9 @@ def recall(llm: LLM, lengths, depths, windows, trials: int, seed: int) -> dict:
             for w in windows:
                 hits, seconds = 0, 0.0
                 for ids, number in prompts:
-                    sp = SamplingParams(max_tokens=ANSWER_TOKENS, kv_window=parse_window(w) or (0, 0))
+                    sp = SamplingParams(max_tokens=ANSWER_TOKENS)
                     t0 = time.perf_counter()
-                    out = llm.generate(ids, sp, PLAIN)
+                    out = llm.generate(ids, sp, PLAIN, kv_window=parse_window(w) or (0, 0))
                     seconds += time.perf_counter() - t0
                     hits += number in out.text.replace(",", "")
                 rows.setdefault(w, {}).setdefault(str(length), {})[str(depth)] = {
@@ -105,9 +105,9 @@ def long_session(llm: LLM, windows, turns: int, seed: int) -> dict:
         for t in range(turns):
             msg = apply_chat_template(tok, [{"role": "user", "content": sentence(rng) + " What happened next?"}])
             history = history + msg
-            sp = SamplingParams(max_tokens=16, ignore_eos=True, kv_window=parse_window(w) or (0, 0))
+            sp = SamplingParams(max_tokens=16, ignore_eos=True)
             t0 = time.perf_counter()
-            res = llm.generate(history, sp, PLAIN, session_id=sid)
+            res = llm.generate(history, sp, PLAIN, session_id=sid, kv_window=parse_window(w) or (0, 0))
             dt = time.perf_counter() - t0
             history = history + list(res.token_ids)
             s = llm.core.sessions.get(sid)

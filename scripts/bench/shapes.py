@@ -30,7 +30,7 @@ from inference_engine.engine.calibration import measure_cost_curve  # noqa: E402
 from inference_engine.engine.core import EngineCore  # noqa: E402
 from inference_engine.engine.verifier import Verifier  # noqa: E402
 from inference_engine.models.device import synchronize  # noqa: E402
-from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
+from inference_engine.types import SamplingParams, SpeculativeParams, Submission  # noqa: E402
 
 # the published configs' sizes (Qwen/Qwen3-0.6B, -1.7B, -8B config.json)
 SHAPES = {
@@ -91,7 +91,7 @@ def run(shape: str, device: torch.device, dtype: torch.dtype, tokens: int, repea
                                                                max_running=batch))
 
     def ours(core):
-        reqs = [core.add_request(p, sp, plain) for p in prompts]
+        reqs = [core.add_request(Submission(p, sp, plain)) for p in prompts]
         while core.has_work:
             core.step()
         return [r.output_ids for r in reqs]

@@ -109,7 +109,7 @@ def make_column(loaded, name: str, k: int, config: EngineConfig = EngineConfig()
         return llama_column(loaded, peer, name)
     llm = LLM(loaded, config)
     if name == "auto":
-        llm.core.controller  # calibrate (or read) the verify-cost curve now, outside the timed runs
+        llm.core.speculator.controller  # calibrate (or read) the verify-cost curve now, outside the timed runs
     spec = SpeculativeParams(name, 0 if name == "none" else k)
 
     def ours(ids, max_tokens):
@@ -193,7 +193,7 @@ def calibrate(loaded, config: EngineConfig, warm_ids: list[int], k: int) -> list
     The same throw-away engine warms torch's kernels for the cold columns, whose own engines
     must start empty."""
     llm = LLM(loaded, config)
-    llm.core.controller
+    llm.core.speculator.controller
     llm.generate(warm_ids, SamplingParams(max_tokens=16), SpeculativeParams("auto", k))
     return next(iter(json.loads(Path(config.calibration_file).read_text()).values()))
 

@@ -48,13 +48,13 @@ class Timed:
 
 
 def instrument(llm: LLM) -> dict[str, Timed]:
-    core = llm.core
-    core.controller  # build controller and cost model (calibration) before timing
-    parts = {"propose": Timed(core.propose), "choose_k": Timed(core.controller.choose_k),
-             "controller.observe": Timed(core.controller.observe), "costs.observe": Timed(core.costs.observe)}
-    core.propose = parts["propose"]
-    core.controller.choose_k, core.controller.observe = parts["choose_k"], parts["controller.observe"]
-    core.costs.observe = parts["costs.observe"]
+    spec = llm.core.speculator
+    spec.controller  # build controller and cost model (calibration) before timing
+    parts = {"propose": Timed(spec.propose), "choose_k": Timed(spec.controller.choose_k),
+             "controller.observe": Timed(spec.controller.observe), "costs.observe": Timed(spec.costs.observe)}
+    spec.propose = parts["propose"]
+    spec.controller.choose_k, spec.controller.observe = parts["choose_k"], parts["controller.observe"]
+    spec.costs.observe = parts["costs.observe"]
     return parts
 
 

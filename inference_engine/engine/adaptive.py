@@ -2,7 +2,7 @@
 
 With per-position acceptance a[i] = P(draft i accepted | drafts before it accepted), a step with
 k drafts yields E(k) = 1 + sum_{i<k} prod_{j<=i} a[j] tokens and costs cost[k] = t(k)/t(0)
-(measured by the engine: a calibration seed refined online, see engine/cost_model.py). The
+(measured by the engine: a calibration seed refined online, see cost_model.py). The
 controller picks argmax E(k)/cost[k] and drafts only when that beats plain decoding by MARGIN.
 
 Acceptance is estimated per request from discounted counts (old evidence fades, so a request
