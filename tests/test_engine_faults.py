@@ -187,3 +187,26 @@ def test_abort_all_reports_abort_and_frees_everything(engine):
         assert {r.finish_reason for r in results} == {FinishReason.ABORT} and engine.num_active == 0
 
     asyncio.run(main())
+
+
+def test_admission_of_several_choices_is_all_or_none(tiny_loaded):
+    """n choices are admitted in one engine job: when the queue has room for only some of them, the
+    refusal (429) leaves none of them queued, and the one valid request still runs to the end."""
+    from inference_engine.errors import Overloaded
+
+    e = AsyncEngine(LLM(tiny_loaded, EngineConfig(max_running=1, max_waiting=2, cost_curve=(1.0,) * 9)))
+    short = SamplingParams(max_tokens=4, ignore_eos=True)
+    try:
+        async def main():
+            running = await e.add(Submission(PROMPT, LONG, PLAIN))
+            await _first_token(running)
+            with pytest.raises(Overloaded):
+                await e.add_all([Submission(PROMPT, short, PLAIN) for _ in range(3)])
+            assert e.num_waiting == 0 and e.num_active == 1
+            again = await e.add_all([Submission(PROMPT, short, PLAIN) for _ in range(2)])  # room for two
+            assert [len((await _drain(s)).token_ids) for s in again] == [4, 4]
+            await running.abort()
+
+        asyncio.run(main())
+    finally:
+        e.shutdown()

@@ -1,4 +1,4 @@
-"""The ingress's engine: the same methods the HTTP app calls on AsyncEngine, answered by replicas.
+"""The ingress's engine: engine/protocol.py's Engine, answered by replicas.
 
 Routing keys (Ray Serve's `session_id` handle option, which the ConsistentHashRouter hashes): a
 session's id, so its turns land on the replica holding its KV; for a stateless request, a hash of
@@ -136,6 +136,18 @@ class RemoteEngine:
 
     async def prepare_grammar(self, grammar: str) -> None:
         """Grammars compile on the replica that runs the request (off its engine thread)."""
+
+    async def add_all(self, subs: Sequence[Submission]) -> list[RemoteStream]:
+        """All or none: a refusal cancels the choices already admitted (on their replicas)."""
+        streams: list[RemoteStream] = []
+        try:
+            for sub in subs:
+                streams.append(await self.add(sub))
+        except BaseException:
+            for s in streams:
+                s.cancel()
+            raise
+        return streams
 
     async def add(self, sub: Submission) -> RemoteStream:
         key = sub.session_id or prefix_key(sub.prompt_ids or [])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
 
 import ray
 from ray import serve
@@ -19,7 +18,7 @@ from ..config import EngineConfig, ModelConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.request_stream import SessionInfo
 from ..errors import SessionNotFound
-from ..http.app import engine_metrics
+from ..metrics import engine_metrics
 from ..types import EngineResult, Submission
 from .directory import Claim
 from .remote import unwrap

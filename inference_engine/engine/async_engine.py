@@ -216,32 +216,43 @@ class AsyncEngine:
     # -- asyncio side: requests ------------------------------------------------
 
     async def add(self, sub: Submission) -> RequestStream:
-        """Admit a request: when this returns it is queued in the engine, its session checked out;
-        a refusal (invalid, queue full, session busy or missing) raises here, before any response."""
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        return (await self.add_all([sub]))[0]
 
-        def on_token(tok: int) -> bool:  # engine thread, after the token's logprob was recorded
-            req = stream.request
-            stream.put((tok, req.logprobs[len(req.output_ids) - 1] if req.sampling.logprobs is not None else None))
-            return False
+    async def add_all(self, subs: Sequence[Submission]) -> list[RequestStream]:
+        """Admit requests, all or none, in one engine-thread job: when this returns they are queued,
+        their sessions checked out; a refusal (invalid, queue full, session busy or missing) raises
+        here, before any response, and the core's validation is the only one."""
+        loop = asyncio.get_running_loop()
+        streams = [_Stream(loop, asyncio.Queue()) for _ in subs]
 
-        def add() -> str:
-            stream.request = self.core.add_request(sub, on_token)
-            self._streams[stream.request.request_id] = stream
-            return stream.request.request_id
+        def admit() -> list[str]:
+            admitted: list[str] = []
+            try:
+                for sub, stream in zip(subs, streams):
+                    stream.request = self.core.add_request(sub, _relay(stream))
+                    self._streams[stream.request.request_id] = stream
+                    admitted.append(stream.request.request_id)
+            except BaseException:
+                for rid in admitted:
+                    self._abort(rid, notify=False)
+                raise
+            return admitted
 
-        fut = self._call(add)
+        fut = self._call(admit)
         try:
-            rid = await asyncio.shield(asyncio.wrap_future(fut))
+            rids = await asyncio.shield(asyncio.wrap_future(fut))
         except asyncio.CancelledError:
-            # the caller left while admission was queued: abort the request as soon as it exists
+            # the caller left while admission was queued: abort the requests as soon as they exist
             def undo(f: concurrent.futures.Future) -> None:
                 if not f.cancelled() and f.exception() is None:
-                    self._call(lambda: self._abort(f.result(), notify=False))
+                    self._call(lambda: [self._abort(rid, notify=False) for rid in f.result()])
 
             fut.add_done_callback(undo)
             raise
-        return RequestStream(self, rid, stream.queue, stream.request)
+        return [RequestStream(rid, s.queue, s.request, self._ender(rid)) for rid, s in zip(rids, streams)]
+
+    def _ender(self, request_id: str) -> Callable[[], concurrent.futures.Future]:
+        return lambda: self._call(lambda: self._abort(request_id, notify=False))
 
     def _abort_every(self) -> int:
         """Engine thread: end every queued and running request; their streams get finish 'abort'."""
@@ -339,3 +350,13 @@ class AsyncEngine:
                 store.append(session_id, list(history), tenant)
 
         await self._job(job)
+
+
+def _relay(stream: _Stream) -> Callable[[int], bool]:
+    """The request's on_token: engine thread, after the token's logprob was recorded."""
+    def on_token(tok: int) -> bool:
+        req = stream.request
+        stream.put((tok, req.logprobs[len(req.output_ids) - 1] if req.sampling.logprobs is not None else None))
+        return False
+
+    return on_token

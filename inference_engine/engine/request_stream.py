@@ -4,15 +4,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Optional, Union
+from typing import AsyncIterator, Callable, Optional, Union
 
-from ..types import EngineResult, SpecStats, TokenLogprob
+from ..types import EngineResult, SpecStats
+from .protocol import Token
 from .request import Request
 
-if TYPE_CHECKING:
-    from .async_engine import AsyncEngine  # noqa: F401 - the type in quotes below
-
-Token = tuple[int, Optional[TokenLogprob]]  # a generated token id and, if asked for, its logprob
 Item = Union[Token, EngineResult, BaseException]
 
 
@@ -47,8 +44,10 @@ class RequestStream:
     """One admitted request. Iterate it for (token, logprob) pairs, then its EngineResult.
     `cancel()` (sync) or `abort()` ends it early; both are idempotent and safe after it finished."""
 
-    def __init__(self, engine: "AsyncEngine", request_id: str, q: "asyncio.Queue[Item]", request: Optional[Request] = None):
-        self.engine, self.request_id, self._queue, self._request = engine, request_id, q, request
+    def __init__(self, request_id: str, q: "asyncio.Queue[Item]", request: Optional[Request],
+                 end: Callable[[], concurrent.futures.Future]):
+        """`end` queues the request's abort on the engine thread; its future resolves to the result."""
+        self.request_id, self._queue, self._request, self._end = request_id, q, request, end
         self.result: Optional[EngineResult] = None
         self._ended = False
         self._abort: Optional[concurrent.futures.Future] = None
@@ -91,7 +90,7 @@ class RequestStream:
     def cancel(self) -> None:
         """Queue the abort now, without waiting: the engine frees the request before its next step."""
         if not self._ended and self._abort is None:
-            self._abort = self.engine._call(lambda: self.engine._abort(self.request_id, notify=False))
+            self._abort = self._end()
 
     async def abort(self) -> Optional[EngineResult]:
         """End the request and wait until the engine has released it (its session is checked in);

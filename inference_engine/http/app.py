@@ -1,4 +1,4 @@
-"""The FastAPI app: OpenAI-compatible routes over one AsyncEngine."""
+"""The FastAPI app: OpenAI-compatible routes over one Engine (engine/protocol.py); bodies convert in convert.py."""
 from __future__ import annotations
 
 import time
@@ -12,51 +12,42 @@ from sse_starlette.sse import EventSourceResponse
 
 from ..auth import check_bearer
 from ..config import ServerConfig
-from ..engine.async_engine import AsyncEngine, RequestStream, SessionInfo
-from ..engine.validation import validate
-from ..errors import EngineDead, InvalidRequest, ModelNotFound, ShuttingDown
-from ..metrics import Metrics
-from ..tokenizer import apply_chat_template
-from ..types import SamplingParams, SpeculativeParams, Submission
-from . import errors, openapi, screen, tools
+from ..engine.protocol import Engine, Stream
+from ..errors import EngineDead, ModelNotFound, ShuttingDown
+from ..metrics import Metrics, engine_metrics
+from ..types import Submission
+from . import convert, errors, openapi
 from .generation import ChoiceEnd, run_choice
 from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
 from .openapi import RESPONSES
-from .responses import Completion, spec_dict
+from .responses import Completion, session_info
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
 
 
-def engine_metrics(engine: AsyncEngine) -> Metrics:
-    """The metrics of one engine: its gauges read at scrape time; steps and requests observed."""
-    return Metrics(lambda: engine.num_running, lambda: engine.num_waiting, lambda: engine.num_sessions,
-                   lambda: engine.cache_bytes, lambda: engine.cache_usage, memory={
-                       "kakeya_kv_bytes_per_cached_token": lambda: engine.kv_bytes_per_cached_token,
-                       "kakeya_suffix_index_tokens": lambda: engine.suffix_index_tokens})
-
-
 class ServerState:
     """What the routes need; `engine` is None while the model loads. `draining` is set on SIGTERM:
     both edges then refuse new work (503 / UNAVAILABLE) while in-flight requests finish."""
 
-    def __init__(self, config: ServerConfig, engine: Optional[AsyncEngine] = None):
+    def __init__(self, config: ServerConfig, engine: Optional[Engine] = None):
         self.config = config
-        self.engine: Optional[AsyncEngine] = None
+        self.engine: Optional[Engine] = None
         self.metrics: Optional[Metrics] = None
         self.draining = False
         self.load_error: Optional[str] = None
         if engine is not None:
             self.attach(engine)
 
-    def attach(self, engine: AsyncEngine, metrics: Optional[Metrics] = None) -> None:
-        """`metrics`: a cluster's ingress brings its own (the replicas' engine metrics merged in)."""
+    def attach(self, engine: Engine, metrics: Optional[Metrics] = None) -> None:
+        """`metrics`: a cluster's ingress brings its own (the replicas' engine metrics merged in); else
+        `engine` is an AsyncEngine, whose gauges are read at scrape time."""
         self.metrics = metrics or engine_metrics(engine)
         engine.on_step = self.metrics.observe_step
         self.engine = engine
 
-    def ready(self) -> AsyncEngine:
+    def ready(self) -> Engine:
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry against another instance")
         if self.load_error is not None:
@@ -117,24 +108,15 @@ def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        messages, native = [m.to_template() for m in body.messages], tools.renders_tools(engine.tokenizer)
-        if body.tools and not native:  # the template ignores tools: state them and the convention
-            messages = tools.inject(messages, body.tools)
-        thinking = body.enable_thinking
-        if thinking is None and body.forces_tool_call:  # the call is the whole answer
-            thinking = False
-        prompt = apply_chat_template(engine.tokenizer, messages, tools=body.tools if native else None,
-                                     enable_thinking=thinking)
-        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _complete(state, engine, body, [prompt], max_tokens, request, tenant, chat=True)
+        return await _complete(state, engine, body, [convert.chat_prompt(body, engine.tokenizer)], request, tenant,
+                               chat=True)
 
     @app.post("/v1/completions", responses=RESPONSES["completions"])
     async def completions(body: CompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
-        prompts = [p if isinstance(p, list) else engine.tokenizer(p, add_special_tokens=False)["input_ids"]
-                   for p in body.prompts]
-        return await _complete(state, engine, body, prompts, body.max_tokens, request, tenant, chat=False)
+        return await _complete(state, engine, body, convert.completion_prompts(body, engine.tokenizer), request, tenant,
+                               chat=False)
 
     @app.post("/v1/sessions", responses=RESPONSES["session"])
     async def create_session(tenant: str = Depends(auth)):
@@ -153,23 +135,7 @@ def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
     return app
 
 
-def _session(body, request: Request, choices: int) -> Optional[str]:
-    """The session named by the body's `session_id` or the `X-Session-Id` header (created on first use)."""
-    sid = body.session_id or screen.session_id(request.headers.get("x-session-id"), "X-Session-Id")
-    if sid is not None and choices != 1:
-        raise InvalidRequest("a session continues one conversation: one prompt and n = 1 with session_id", "n")
-    return sid
-
-
-def session_info(s: SessionInfo) -> dict:
-    return {
-        "id": s.session_id, "object": "session", "history_length": s.history_length,
-        "kv_cached_tokens": s.kv_cached_tokens, "kv_bytes": s.kv_bytes, "idle_seconds": round(s.idle_seconds, 3),
-        "busy": s.busy, "speculative": spec_dict(s.stats),
-    }
-
-
-async def _model_card(engine: AsyncEngine) -> dict:
+async def _model_card(engine: Engine) -> dict:
     info = engine.info
     # the live configuration, as an extension field the OpenAI clients ignore
     live = {"device": info.device, "dtype": info.dtype, "weights": info.quantization,
@@ -178,47 +144,13 @@ async def _model_card(engine: AsyncEngine) -> dict:
             "kakeya": live}
 
 
-def _check_model(engine: AsyncEngine, model: Optional[str]) -> None:
+def _check_model(engine: Engine, model: Optional[str]) -> None:
     if model is not None and model != engine.info.name:
         raise ModelNotFound(f"the model '{model}' does not exist; this server serves '{engine.info.name}'", "model")
 
 
-def _sampling(body, prompt_len: int, max_tokens: Optional[int], engine: AsyncEngine, index: int) -> SamplingParams:
-    if max_tokens is None:
-        max_tokens = max(1, engine.limits.max_context - prompt_len)
-    try:
-        bias = tuple((int(t), float(b)) for t, b in (body.logit_bias or {}).items())
-    except ValueError:
-        raise InvalidRequest("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
-    return SamplingParams(
-        max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
-        seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
-        ignore_eos=body.ignore_eos, grammar=_grammar(body, engine),
-        # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response only)
-        prompt_logprobs=body.logprobs if getattr(body, "echo", False) and not body.stream else None,
-    )
-
-
-def _grammar(body, engine: AsyncEngine) -> Optional[str]:
-    """A forced tool call's grammar, else response_format's; None: unconstrained."""
-    if getattr(body, "forces_tool_call", False):
-        return tools.grammar(engine.tokenizer, body.tools, body.tool_choice, body.parallel_tool_calls)
-    fmt = getattr(body, "response_format", None)
-    return None if fmt is None else fmt.grammar()
-
-
-def _spec(body, engine: AsyncEngine) -> SpeculativeParams:
-    default = engine.limits.default_spec
-    opt = body.speculative
-    if opt is None:
-        return default
-    return SpeculativeParams(opt.method or default.method,
-                             default.num_draft_tokens if opt.num_draft_tokens is None else opt.num_draft_tokens)
-
-
-async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list[list[int]], max_tokens,
-                    request: Request, tenant: str, chat: bool):
+async def _complete(state: ServerState, engine: Engine, body: convert.Body, prompts: list[list[int]], request: Request,
+                    tenant: str, chat: bool):
     """Choices for each prompt (a batch on /v1/completions), `n` each, in OpenAI's order:
     choice index = prompt index × n + j."""
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
@@ -234,7 +166,8 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
                                       (prompt_tokens * body.n, sum(e.cached_tokens for e in ends)) if ends else (0, 0))
 
     prompt_tokens = sum(len(p) for p in prompts)
-    streams = await _admit(engine, body, prompts, max_tokens, request, tenant, chat)  # refusals: CountRefusals
+    streams = await _admit(engine, convert.submissions(body, prompts, chat, request.headers, tenant, engine.limits,
+                                                       engine.tokenizer))  # refusals: CountRefusals
     # which replica served it, in a cluster (`kakeya cluster`): the owner of a session's KV
     replicas = sorted({r for s in streams if (r := getattr(s, "replica", None))})
     headers = {"x-kakeya-replica": ",".join(replicas)} if replicas else None
@@ -277,34 +210,12 @@ async def _complete(state: ServerState, engine: AsyncEngine, body, prompts: list
     return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n", headers=headers)
 
 
-async def _admit(engine: AsyncEngine, body, prompts: list[list[int]], max_tokens, request: Request, tenant: str,
-                 chat: bool) -> list[RequestStream]:
-    """Validate every choice and admit it to the engine before any header is sent, so that a bad
-    request is a 400, a busy session a 409 and a full queue a 429 — never a broken stream."""
-    for i, prompt in enumerate(prompts):
-        if not prompt:
-            where = "messages" if chat else "prompt" if len(prompts) == 1 else f"prompt.{i}"
-            raise InvalidRequest("prompt is empty: at least one prompt token is required", where)
-    if not chat and max_tokens is None and any(isinstance(p, str) for p in body.prompts):
-        max_tokens = 16  # OpenAI's default for /v1/completions
-    slots = [prompt for prompt in prompts for _ in range(body.n)]  # OpenAI's choice order
-    jobs = [(prompt, _sampling(body, len(prompt), max_tokens, engine, i)) for i, prompt in enumerate(slots)]
-    spec = _spec(body, engine)
-    if jobs[0][1].grammar is not None:
-        await engine.prepare_grammar(jobs[0][1].grammar)
-    window = None if body.kv_window is None else (body.kv_window.sink, body.kv_window.window)
-    for prompt, params in jobs[:: body.n]:
-        validate(prompt, params, spec, window, engine.limits)
-    session = _session(body, request, len(jobs))
-    streams: list[RequestStream] = []
-    try:
-        for prompt, p in jobs:
-            streams.append(await engine.add(Submission(prompt, p, spec, session, True, tenant, kv_window=window)))
-    except BaseException:
-        for s in streams:
-            s.cancel()
-        raise
-    return streams
+async def _admit(engine: Engine, subs: list[Submission]) -> list[Stream]:
+    """Admit every choice before any header is sent, so that a bad request is a 400, a busy session
+    a 409 and a full queue a 429 — never a broken stream."""
+    if subs[0].sampling.grammar is not None:
+        await engine.prepare_grammar(subs[0].sampling.grammar)
+    return await engine.add_all(subs)
 
 
 class _ClientGone(Exception):
@@ -331,7 +242,7 @@ class _Events(EventSourceResponse):
     """SSE whose engine requests are aborted however the response ends, even if the body
     generator never started (a client that left right after the headers)."""
 
-    def __init__(self, content, streams: list[RequestStream], **kwargs):
+    def __init__(self, content, streams: list[Stream], **kwargs):
         super().__init__(content, **kwargs)
         self.streams = streams
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import AsyncIterator, Callable, Optional
 
+from ..engine.request_stream import SessionInfo
 from ..types import SpecStats, TokenLogprob
 from .generation import ChoiceEnd, Delta, Piece, merge_choices
 from .parsers import OutputParser, Parsed
@@ -21,6 +22,14 @@ def spec_dict(spec: SpecStats) -> dict:
         "accepted_per_position": spec.accepted_per_pos, "recovered_tokens": spec.recovered_tokens,
         "bonus_tokens": spec.bonus_tokens, "plain_steps": spec.plain_steps, "verify_steps": spec.verify_steps,
         "acceptance_rate": spec.acceptance_rate, "mean_accepted_length": spec.mean_accepted_length,
+    }
+
+
+def session_info(s: SessionInfo) -> dict:
+    return {
+        "id": s.session_id, "object": "session", "history_length": s.history_length,
+        "kv_cached_tokens": s.kv_cached_tokens, "kv_bytes": s.kv_bytes, "idle_seconds": round(s.idle_seconds, 3),
+        "busy": s.busy, "speculative": spec_dict(s.stats),
     }
 
 
