@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""The package's import graph, read from the source (ast; nothing is imported): prints each module's
-imports inside the repo and any cycle. Exit 1 on a cycle or on an upward arrow between the floors
-(kv_cache_proposer/ must import nothing of inference_engine/).
+"""The import graph, read from the source (ast; nothing is imported): the packages, and the benchmark
+scenarios of scripts/bench/ (which import each other by bare name). Prints any cycle; exit 1 on a
+cycle or on an upward arrow between the floors (kv_cache_proposer/ must import nothing of
+inference_engine/, which must import nothing of scripts/).
 
     .venv/bin/python scripts/imports.py            # cycles and floor violations only
     .venv/bin/python scripts/imports.py --graph    # the whole graph, one module per line
@@ -15,10 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("inference_engine", "kv_cache_proposer")
+BENCH = ROOT / "scripts" / "bench"
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    base = BENCH if path.is_relative_to(BENCH) else ROOT
+    parts = list(path.relative_to(base).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -47,7 +50,9 @@ def imports(path: Path, known: set[str]) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
+    """Module → the repo's modules it imports; bench scenarios are named by their bare names."""
     files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "/pb/" not in p.as_posix()]
+    files += [p for p in BENCH.rglob("*.py") if "peers" not in p.parts]  # peers/ runs in llama.cpp's own venv
     known = {module_name(p) for p in files}
     return {module_name(p): imports(p, known) for p in files}
 
@@ -86,8 +91,8 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
-    return [(a, b) for a, deps in g.items() for b in deps
-            if a.startswith("kv_cache_proposer") and b.startswith("inference_engine")]
+    floor = lambda m: 0 if m.startswith("kv_cache_proposer") else 1 if m.startswith("inference_engine") else 2  # noqa: E731
+    return [(a, b) for a, deps in g.items() for b in deps if floor(b) > floor(a)]
 
 
 def main() -> int:

@@ -1,27 +1,107 @@
-"""Shared helpers for benchmarks: timing, DRAM bandwidth, environment, result files."""
+"""The benchmarks' harness: one timing helper, the machine's description, result files and the
+markdown they become. Every script in scripts/bench/ is a scenario on it (workloads/ holds the
+prompts); it imports nothing from them, so no scenario imports another to reach a helper.
+
+    timed(fn, repeats, warmup)   samples of one call → Timing (median, best)
+    Stopwatch(fn)                wraps a bound method in place: its total time and calls
+    write_result(name, data)     scripts/bench/results/<name>.json
+    table(header, rows)          a markdown table
+    update_doc(block, ...)       replace a generated block of docs/benchmarks.md
+"""
 from __future__ import annotations
 
 import json
 import platform
+import re
 import statistics
+import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Timing:
+    """Seconds of each timed call."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 0) -> tuple[Timing, object]:
+    """Call fn `warmup` times untimed, then `repeats` times timed; returns the timing and the last result.
+    fn must finish its device work (synchronize) if the timing is to mean anything on an accelerator."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    t = Timing()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        t.samples.append(time.perf_counter() - t0)
+    return t, out
+
+
+class Stopwatch:
+    """Wraps one callable: each call runs it and adds its wall time (the real method, only timed)."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.seconds, self.calls = fn, 0.0, 0
+
+    def __call__(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*a, **kw)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table; cells are written as given (format numbers before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def update_doc(block: str, begin: str, end: str, heading: str) -> None:
+    """Replace the generated block between `begin` and `end` in docs/benchmarks.md (or append it under `heading`)."""
+    text = DOC.read_text()
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n{heading}\n\n{block}\n"
+    DOC.write_text(text)
+
+
+def git_commit() -> str:
+    """HEAD's short hash, marked when the working tree has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (with uncommitted changes)" if git("status", "--porcelain", "-uno") else "")
 
 
 def dram_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
     """Read bandwidth as torch.sum over a `gib` GiB float32 tensor (best of `repeats`)."""
     x = torch.ones(int(gib * (1 << 30)) // 4)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
+    return x.numel() * 4 / timed(x.sum, repeats)[0].best / 1e9
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -49,15 +129,6 @@ def pyplot():
 
 
 NO_PLOT = "matplotlib is not installed (pip install -e '.[bench]'); no plot"
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def first_difference(a: list[int], b: list[int]):

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, write_result  # noqa: E402
+from common import environment, timed, write_result  # noqa: E402
 from workloads import generated  # noqa: E402
 
 from inference_engine.cache.kv_cache import KVCache  # noqa: E402
@@ -100,12 +100,12 @@ def native(steps: int, context: int) -> dict:
     runs = []
     for _ in range(3):
         cache = v.new_cache()
-        tok, secs = int(v.forward(cache, prompt, 1)[-1].argmax()), []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            tok = int(v.forward(cache, [tok], 1)[-1].argmax())
-            secs.append(time.perf_counter() - t0)
-        runs.append(statistics.median(secs[4:]))
+        tok = [int(v.forward(cache, prompt, 1)[-1].argmax())]
+
+        def step() -> None:
+            tok[0] = int(v.forward(cache, tok, 1)[-1].argmax())
+
+        runs.append(timed(step, steps - 4, warmup=4)[0].median)
     row = {"format": f"{loaded.info.dtype}+{loaded.info.quantization}", "path": v.path, "context": context,
            "steps": steps, "native_ms": min(runs) * 1e3, "runs_ms": [s * 1e3 for s in runs]}
     print(f"{row['format']:>14} ({v.path}): {row['native_ms']:.2f} ms/step", flush=True)

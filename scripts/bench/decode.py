@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import dram_bandwidth_gbs, environment, first_difference, median_time, weight_bytes, write_result  # noqa: E402
+from common import dram_bandwidth_gbs, environment, first_difference, timed, weight_bytes, write_result  # noqa: E402
+from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
@@ -67,8 +68,8 @@ def run(config: str, tokens: int, repeats: int, bandwidth: float) -> dict:
     seconds, outputs = {name: 0.0 for name in systems}, {}
     for _ in range(repeats):  # alternate so drift on a shared VM hits all of them
         for name, fn in systems.items():
-            t, outputs[name] = median_time(fn, 1)
-            seconds[name] += t / repeats
+            t, outputs[name] = timed(fn, 1)
+            seconds[name] += t.median / repeats
     bound = bandwidth * 1e9 / weight_bytes(model)
     row = {"dtype": config, "new_tokens": tokens, "prompt_tokens": len(ids), "weight_bytes": weight_bytes(model),
            "bandwidth_bound_tok_s": bound}
@@ -94,23 +95,17 @@ def run_llama_cpp(peer, gguf: Path, tokenizer, tokens: int, repeats: int, bandwi
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| config | Kakeya tok/s | Kakeya eager tok/s | HF generate tok/s | Kakeya / HF | bound tok/s | Kakeya % of bound "
-        "| HF % of bound | identical greedy output |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    def cells(r: dict) -> tuple:
         if "llama_cpp_tok_s" in r:
-            lines.append(f"| {r['dtype']} | {r['llama_cpp_tok_s']:.1f} (llama.cpp) | | | | {r['bandwidth_bound_tok_s']:.0f} "
-                         f"| {100 * r['llama_cpp_fraction_of_bound']:.0f} % | | |")
-            continue
+            return (r["dtype"], f"{r['llama_cpp_tok_s']:.1f} (llama.cpp)", "", "", "", f"{r['bandwidth_bound_tok_s']:.0f}",
+                    f"{100 * r['llama_cpp_fraction_of_bound']:.0f} %", "", "")
         same = "yes" if r["identical_output"] else f"no (first difference at token {r['first_difference_at']})"
-        lines.append(
-            f"| {r['dtype']} | {r['kakeya_tok_s']:.1f} | {r['kakeya_eager_tok_s']:.1f} | {r['hf_generate_tok_s']:.1f} "
-            f"| {r['ratio_kakeya_over_hf']:.2f}x | {r['bandwidth_bound_tok_s']:.0f} | {100 * r['kakeya_fraction_of_bound']:.0f} % "
-            f"| {100 * r['hf_generate_fraction_of_bound']:.0f} % | {same} |"
-        )
-    return "\n".join(lines)
+        return (r["dtype"], f"{r['kakeya_tok_s']:.1f}", f"{r['kakeya_eager_tok_s']:.1f}", f"{r['hf_generate_tok_s']:.1f}",
+                f"{r['ratio_kakeya_over_hf']:.2f}x", f"{r['bandwidth_bound_tok_s']:.0f}",
+                f"{100 * r['kakeya_fraction_of_bound']:.0f} %", f"{100 * r['hf_generate_fraction_of_bound']:.0f} %", same)
+
+    return md_table(("config", "Kakeya tok/s", "Kakeya eager tok/s", "HF generate tok/s", "Kakeya / HF",
+                          "bound tok/s", "Kakeya % of bound", "HF % of bound", "identical greedy output"), map(cells, rows))
 
 
 def main() -> None:

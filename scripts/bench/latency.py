@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, write_result  # noqa: E402
+from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
@@ -162,18 +163,17 @@ def run(config: str, tokens: int, repeats: int, peer=None) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | prefill tok/s (2k prompt): Kakeya / HF / llama.cpp | path | TTFT ms | ITL p50 / p90 / p99 ms "
-             "| decode tok/s | HTTP ÷ in-process |", "|---|---|---|---|---|---|---|"]
+    out = []
     for r in rows:
         p, s = r["prefill"], r["streaming"]
         pre = f"{p['kakeya_tok_s']:.0f} / {p['hf_tok_s']:.0f} / " + (f"{p['llama_cpp_tok_s']:.0f}" if "llama_cpp_tok_s" in p else "—")
         for path in ("in_process", "http"):
-            x = s[path]
-            ratio = f"{s['http_over_in_process_decode']:.2f}x" if path == "http" else ""
-            lines.append(f"| {r['config'] if path == 'in_process' else ''} | {pre if path == 'in_process' else ''} "
-                         f"| {path.replace('_', '-')} | {1000 * x['ttft_s']:.0f} | {1000 * x['itl_p50_s']:.1f} / "
-                         f"{1000 * x['itl_p90_s']:.1f} / {1000 * x['itl_p99_s']:.1f} | {x['decode_tok_s']:.1f} | {ratio} |")
-    return "\n".join(lines)
+            x, first = s[path], path == "in_process"
+            out.append((r["config"] if first else "", pre if first else "", path.replace("_", "-"), f"{1000 * x['ttft_s']:.0f}",
+                        f"{1000 * x['itl_p50_s']:.1f} / {1000 * x['itl_p90_s']:.1f} / {1000 * x['itl_p99_s']:.1f}",
+                        f"{x['decode_tok_s']:.1f}", "" if first else f"{s['http_over_in_process_decode']:.2f}x"))
+    return md_table(("config", "prefill tok/s (2k prompt): Kakeya / HF / llama.cpp", "path", "TTFT ms",
+                          "ITL p50 / p90 / p99 ms", "decode tok/s", "HTTP ÷ in-process"), out)
 
 
 def main() -> None:

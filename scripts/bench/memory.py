@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import tracemalloc
 
-from common import weight_bytes
+from common import table as md_table, update_doc, weight_bytes
 from kv_cache_proposer.suffix import SuffixProposer
 
 from inference_engine.config import EngineConfig, ModelConfig
@@ -71,13 +71,11 @@ def run(configs: list[str], lengths: list[int], windows: list, k: int = 8, batch
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | weights (MB) | KV | " + " | ".join(f"L = {L}: KV bytes/token (net)" for L in rows[0]["kv"]["full"]) + " |",
-             "|---|---|---|" + "---|" * len(rows[0]["kv"]["full"])]
-    for r in rows:
-        for name, by_len in r["kv"].items():
-            cells = [f"{v['kv_bytes_per_token']:,.0f} ({v['net_bytes_per_token']:,.0f})" for v in by_len.values()]
-            lines.append(f"| {r['config']} | {r['weight_bytes'] / 1e6:.0f} | {name} | " + " | ".join(cells) + " |")
-    lines.append("")
+    header = ("config", "weights (MB)", "KV", *(f"L = {L}: KV bytes/token (net)" for L in rows[0]["kv"]["full"]))
+    lines = [md_table(header, [
+        (r["config"], f"{r['weight_bytes'] / 1e6:.0f}", name,
+         *(f"{v['kv_bytes_per_token']:,.0f} ({v['net_bytes_per_token']:,.0f})" for v in by_len.values()))
+        for r in rows for name, by_len in r["kv"].items()]), ""]
     lines.append("Suffix index: " + ", ".join(f"{r['config']} {r['suffix_index_bytes_per_token']:,.0f} B per indexed token"
                                               for r in rows) + " (tracemalloc; net = (KV + suffix index) ÷ L).")
     return "\n".join(lines)
@@ -93,7 +91,6 @@ def main() -> None:
     import sys
 
     from common import environment, write_result
-    from suite import update_doc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="float32,bfloat16+int4")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, write_result  # noqa: E402
+from common import environment, timed, write_result  # noqa: E402
 
 from inference_engine.config import ModelConfig  # noqa: E402
 from inference_engine.engine.verifier import Verifier  # noqa: E402
@@ -31,13 +29,7 @@ from inference_engine.models import load_model  # noqa: E402
 
 
 def median_ms(fn, n: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return timed(fn, n, warmup=1)[0].median * 1e3
 
 
 def steps(v: Verifier, vocab: int, context: int, ks: list[int], n: int) -> dict:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import NO_PLOT, RESULTS, environment, pyplot  # noqa: E402
+from common import DOC, NO_PLOT, RESULTS, environment, pyplot, update_doc  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
 from inference_engine.engine.llm import LLM  # noqa: E402
@@ -197,7 +197,6 @@ def main() -> None:
 
 
 def document(res: dict) -> None:
-    from suite import DOC, update_doc
 
     print(plot(res, DOC.parent / PLOT))
     block = markdown(res) + f"\n\n![per-turn latency and KV bytes over one long session]({PLOT})"

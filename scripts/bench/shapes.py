@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, weight_bytes, write_result  # noqa: E402
+from common import environment, timed, weight_bytes, write_result  # noqa: E402
+from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig  # noqa: E402
 from inference_engine.engine.calibration import measure_cost_curve  # noqa: E402
@@ -46,13 +47,8 @@ NOMINAL_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "M4": 120.0}  # p
 
 def device_bandwidth_gbs(device: torch.device) -> float:
     x = torch.ones((1 << 30) // 4, device=device)
-    best = float("inf")
-    for _ in range(5):
-        synchronize(device)
-        t0 = time.perf_counter()
-        x.sum().item()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
+    synchronize(device)
+    return x.numel() * 4 / timed(lambda: x.sum().item(), 5)[0].best / 1e9  # .item() waits for the device
 
 
 def device_name(device: torch.device) -> str:
@@ -152,19 +148,16 @@ def table(res: dict) -> str:
         + [("kakeya_eager", "Kakeya eager"), ("hf_generate", "HF generate")]
     lines = [f"Device: {res['device']}; measured bandwidth {res['bandwidth_gbs']:.0f} GB/s"
              + (f", nominal peak {res['nominal_gbs']:.0f} GB/s" if res.get("nominal_gbs") else "") + ". tok/s (% of the "
-             "measured bandwidth bound: steps/s × weight bytes ÷ bandwidth).", "",
-             "| shape | dtype | batch | " + " | ".join(c for _, c in cols) + " | identical greedy output |",
-             "|---|---|---|" + "---|" * len(cols) + "---|"]
-    for r in res["rows"]:
-        cells = [f"{r[f'{n}_tok_s']:.1f} ({100 * r[f'{n}_fraction_of_bound']:.0f} %)" if f"{n}_tok_s" in r else "–" for n, _ in cols]
-        lines.append(f"| {r['shape']} | {r['dtype']} | {r.get('batch', 1)} | " + " | ".join(cells)
-                     + f" | {'yes' if r['identical_output'] else 'no'} |")
+             "measured bandwidth bound: steps/s × weight bytes ÷ bandwidth).", ""]
+    lines.append(md_table(("shape", "dtype", "batch", *(c for _, c in cols), "identical greedy output"), [
+        (r["shape"], r["dtype"], r.get("batch", 1),
+         *(f"{r[f'{n}_tok_s']:.1f} ({100 * r[f'{n}_fraction_of_bound']:.0f} %)" if f"{n}_tok_s" in r else "–" for n, _ in cols),
+         "yes" if r["identical_output"] else "no") for r in res["rows"]]))
     curves = {s: c for s, c in res.get("verify_cost", {}).items()}
     if curves:
-        ks = range(len(next(iter(curves.values()))))
+        ks = range(1, len(next(iter(curves.values()))))
         lines += ["", "Verify cost t(k drafts) ÷ t(plain step), fast path, 256 cached positions:", "",
-                  "| shape | " + " | ".join(f"k={k}" for k in ks if k) + " |", "|---|" + "---|" * (len(ks) - 1)]
-        lines += [f"| {s} | " + " | ".join(f"{x:.2f}" for x in c[1:]) + " |" for s, c in curves.items()]
+                  md_table(("shape", *(f"k={k}" for k in ks)), [(s, *(f"{x:.2f}" for x in c[1:])) for s, c in curves.items()])]
     return "\n".join(lines)
 
 

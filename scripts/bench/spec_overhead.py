@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, write_result  # noqa: E402
+from common import Stopwatch as Timed, environment, write_result  # noqa: E402
 from workloads import generated  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
@@ -30,21 +30,6 @@ from inference_engine.engine.llm import LLM  # noqa: E402
 from inference_engine.models import load_model  # noqa: E402
 from inference_engine.tokenizer import apply_chat_template  # noqa: E402
 from inference_engine.types import SamplingParams, SpeculativeParams  # noqa: E402
-
-
-class Timed:
-    """Wraps one bound method; accumulates its wall time and call count."""
-
-    def __init__(self, fn):
-        self.fn, self.seconds, self.calls = fn, 0.0, 0
-
-    def __call__(self, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return self.fn(*a, **kw)
-        finally:
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
 
 
 def instrument(llm: LLM) -> dict[str, Timed]:
@@ -84,7 +69,7 @@ def main() -> None:
     for m, llm in engines.items():
         llm.generate(warm, SamplingParams(max_tokens=16), specs[m])
     for t in (*parts.values(), *steps.values()):
-        t.seconds, t.calls = 0.0, 0
+        t.reset()
     runs = {m: [] for m in engines}
     drafted = accepted = 0
     for r in range(args.repeats):

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,15 +39,14 @@ import latency  # noqa: E402
 import memory  # noqa: E402
 import shapes  # noqa: E402
 import spec  # noqa: E402
-from common import NO_PLOT, dram_bandwidth_gbs, environment, first_difference, pyplot, write_result  # noqa: E402
+from common import (DOC, NO_PLOT, ROOT, dram_bandwidth_gbs, environment, first_difference, git_commit, pyplot,  # noqa: E402
+                    update_doc, write_result)
 from llama_peer import LlamaCppPeer, missing_reason  # noqa: E402
 
 from inference_engine.config import ModelConfig  # noqa: E402
 from inference_engine.models import load_model  # noqa: E402
 from inference_engine.models.loader import default_gguf  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "bench_workloads.png"
 BEGIN, END = "<!-- kakeya bench: begin (generated, do not edit) -->", "<!-- kakeya bench: end -->"
 GPU_BEGIN, GPU_END = "<!-- gpu_check: begin (generated, do not edit) -->", "<!-- gpu_check: end -->"
@@ -190,23 +187,6 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(parts + [END])
 
 
-def git_commit() -> str:
-    """HEAD's short hash, marked when the working tree has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + (" (with uncommitted changes)" if git("status", "--porcelain", "-uno") else "")
-
-
-def update_doc(block: str, begin: str = BEGIN, end: str = END, heading: str = "## Latest `kakeya bench`") -> None:
-    """Replace the generated block between `begin` and `end` (or append it under `heading`)."""
-    text = DOC.read_text()
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text += f"\n{heading}\n\n{block}\n"
-    DOC.write_text(text)
-
-
 def render(path: str) -> None:
     """A gpu_check.py result (run elsewhere: scripts/gpu_check.sh) into docs/benchmarks.md."""
     res = json.loads(Path(path).read_text())
@@ -284,7 +264,7 @@ def main() -> None:
     if "workloads" in res:
         print(plot(res["workloads"], PLOT))
     if not args.short or args.docs:
-        update_doc(markdown(res, command))
+        update_doc(markdown(res, command), BEGIN, END, "## Latest `kakeya bench`")
         print(f"updated {DOC}")
     print("\n".join(["", "targets:"] + targets(res)))
 
