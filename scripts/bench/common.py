@@ -2,7 +2,8 @@
 markdown they become. Every script in scripts/bench/ is a scenario on it (workloads/ holds the
 prompts); it imports nothing from them, so no scenario imports another to reach a helper.
 
-    timed(fn, repeats, warmup)   samples of one call → Timing (median, best)
+    timed(fn, repeats, warmup)   samples of one call → Timing (median, best, mean)
+    alternate(systems, rounds)   the same for several systems side by side, taking turns each round
     Stopwatch(fn)                wraps a bound method in place: its total time and calls
     write_result(name, data)     scripts/bench/results/<name>.json
     table(header, rows)          a markdown table
@@ -41,6 +42,10 @@ class Timing:
     def best(self) -> float:
         return min(self.samples)
 
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 0) -> tuple[Timing, object]:
     """Call fn `warmup` times untimed, then `repeats` times timed; returns the timing and the last result.
@@ -54,6 +59,23 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 0) -> tuple[Timi
         out = fn()
         t.samples.append(time.perf_counter() - t0)
     return t, out
+
+
+def alternate(systems: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+              sync: Callable[[], None] = lambda: None) -> tuple[dict[str, Timing], dict[str, object]]:
+    """Time several systems side by side: each round calls each once, in turn, so a slow spell on a
+    shared machine hits all of them; `warmup` rounds are not timed. `sync` waits for the device
+    before and after each call. Returns each system's Timing and its last output."""
+    timings, outputs = {name: Timing() for name in systems}, {}
+    for r in range(warmup + rounds):
+        for name, fn in systems.items():
+            sync()
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            sync()
+            if r >= warmup:
+                timings[name].samples.append(time.perf_counter() - t0)
+    return timings, outputs
 
 
 class Stopwatch:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import dram_bandwidth_gbs, environment, first_difference, timed, weight_bytes, write_result  # noqa: E402
+from common import alternate, dram_bandwidth_gbs, environment, first_difference, weight_bytes, write_result  # noqa: E402
 from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
@@ -63,13 +63,8 @@ def run(config: str, tokens: int, repeats: int, bandwidth: float) -> dict:
 
     systems = {"kakeya": lambda: fast.generate(ids, sp, plain).token_ids,
                "kakeya_eager": lambda: eager.generate(ids, sp, plain).token_ids, "hf_generate": hf}
-    for fn in systems.values():
-        fn()  # warm-up
-    seconds, outputs = {name: 0.0 for name in systems}, {}
-    for _ in range(repeats):  # alternate so drift on a shared VM hits all of them
-        for name, fn in systems.items():
-            t, outputs[name] = timed(fn, 1)
-            seconds[name] += t.median / repeats
+    timings, outputs = alternate(systems, repeats)  # alternate so drift on a shared VM hits all of them
+    seconds = {name: t.mean for name, t in timings.items()}
     bound = bandwidth * 1e9 / weight_bytes(model)
     row = {"dtype": config, "new_tokens": tokens, "prompt_tokens": len(ids), "weight_bytes": weight_bytes(model),
            "bandwidth_bound_tok_s": bound}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, timed, weight_bytes, write_result  # noqa: E402
+from common import alternate, environment, timed, weight_bytes, write_result  # noqa: E402
 from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig  # noqa: E402
@@ -101,22 +100,14 @@ def run(shape: str, device: torch.device, dtype: torch.dtype, tokens: int, repea
 
     systems = {name: (lambda c=core: ours(c)) for name, core in cores.items()}
     systems["hf_generate"] = hf
-    seconds, outputs = {n: [] for n in systems}, {}
-    for i in range(repeats + 1):  # round 0 warms up
-        for name, fn in systems.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            synchronize(device)
-            if i:
-                seconds[name].append(time.perf_counter() - t0)
+    timings, outputs = alternate(systems, repeats, warmup=1, sync=lambda: synchronize(device))
     wb = weight_bytes(model)
     row = {"shape": shape, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."), "batch": batch,
            "new_tokens": tokens, "weight_bytes": wb, "bandwidth_bound_tok_s": bandwidth * 1e9 / wb,
            "identical_output": all(o == outputs["hf_generate"] for o in outputs.values()),
            "identical_to": {n: o == outputs["hf_generate"] for n, o in outputs.items() if n != "hf_generate"}}
-    for name, ts in seconds.items():
-        t = sorted(ts)[len(ts) // 2]
+    for name, timing in timings.items():
+        t = sorted(timing.samples)[len(timing.samples) // 2]  # the upper median
         row[f"{name}_tok_s"] = batch * tokens / t
         row[f"{name}_fraction_of_bound"] = tokens / t * wb / (bandwidth * 1e9)  # steps/s × bytes per step
     return row
