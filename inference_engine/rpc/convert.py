@@ -4,14 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 from ..engine.async_engine import SessionInfo
-from ..errors import InvalidRequest
-from ..types import SPEC_METHODS, EngineResult, SamplingParams, SpecStats, SpeculativeParams
+from ..types import EngineResult, SamplingParams, SpecStats, SpeculativeParams
 from .pb.kakeya.v1 import runtime_pb2 as pb
 
 
 def sampling_from_pb(req: pb.GenerateRequest) -> SamplingParams:
-    if req.max_tokens < 1:
-        raise InvalidRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
+    """Values as sent; the engine validates them (the one place, for every edge)."""
     return SamplingParams(
         max_tokens=req.max_tokens,
         temperature=req.temperature if req.HasField("temperature") else 0.0,
@@ -27,9 +25,6 @@ def kv_window_from_pb(msg) -> Optional[tuple[int, int]]:
 
 
 def spec_from_pb(opt: pb.SpeculativeOptions, default: SpeculativeParams) -> SpeculativeParams:
-    if opt.method and opt.method not in SPEC_METHODS:
-        raise InvalidRequest(f"speculative.method must be one of {', '.join(SPEC_METHODS)}, got {opt.method!r}",
-                             "speculative.method")
     k = opt.num_draft_tokens if opt.HasField("num_draft_tokens") else default.num_draft_tokens
     return SpeculativeParams(opt.method or default.method, k)
 
