@@ -56,6 +56,18 @@ def test_greedy_speculation_under_a_grammar_equals_plain(tiny_loaded):
     assert 0 < accepted < drafted  # drafts were both accepted and rejected
 
 
+def test_logprobs_under_a_grammar_match_the_tokens(tiny_loaded):
+    """One logprob per emitted token, the same as plain decoding's, when a verify step's bonus token
+    is cut because the grammar completed before it (suffix drafts of the whole plain answer)."""
+    plain = _run(tiny_loaded, "none", 0, logprobs=2)
+    assert len(plain.logprobs) == len(plain.token_ids)
+    for method, k in METHODS[1:]:
+        out = _run(tiny_loaded, method, k, logprobs=2)
+        assert out.token_ids == plain.token_ids, method
+        assert [lp.token_id for lp in out.logprobs] == out.token_ids, method
+        assert [lp.logprob for lp in out.logprobs] == pytest.approx([lp.logprob for lp in plain.logprobs], abs=1e-4)
+
+
 def test_forced_tokens_are_free_drafts(tiny_loaded):
     """With nothing from the proposer (no n-gram repeats in this prompt), the grammar's forced
     tokens — `{"name":"` and the like — are drafted, and the output still equals plain's."""

@@ -182,9 +182,9 @@ class EngineCore:
         for req, out, lg in zip(batch, outcomes, logits):
             req.cache.trim(out.num_drafted - out.num_accepted)  # rollback: rejected drafts' KV is cropped, not copied
             req.cache.settle()  # then a windowed cache gives back what a prefill grew (trim before evict)
+            tokens = out.tokens if req.grammar is None else req.grammar.advance(out.tokens)  # cut where it completes
             if req.sampling.logprobs is not None:
-                req.logprobs.extend(_logprobs(lg, out.tokens, req.sampling.logprobs))
-            tokens = out.tokens if req.grammar is None else req.grammar.advance(out.tokens)
+                req.logprobs.extend(_logprobs(lg, tokens, req.sampling.logprobs))
             emitted = self._emit(req, tokens)
             if req.grammar is not None and req.grammar.done and not req.finished:  # it allows nothing more
                 req.finish_reason = FinishReason.STOP
