@@ -136,6 +136,20 @@ def test_queue_bound_and_abort(tiny_loaded):
     assert not llm.core.abort("nope")
 
 
+def test_a_burst_fills_the_running_slots_then_the_queue(tiny_loaded):
+    """--max-running 2 --max-waiting 2: four requests arriving at once at an idle engine are all
+    admitted (two run at the next step, two wait); a fifth is refused."""
+    llm = LLM(tiny_loaded, EngineConfig(max_running=2, max_waiting=2))
+    sp = SamplingParams(max_tokens=3, ignore_eos=True)
+    reqs = [llm.core.add_request(Submission(PROMPT, sp)) for _ in range(4)]
+    with pytest.raises(Overloaded):
+        llm.core.add_request(Submission(PROMPT, sp))
+    assert llm.core.step().num_running == 2
+    while llm.core.has_work:
+        llm.core.step()
+    assert [len(r.output_ids) for r in reqs] == [3, 3, 3, 3]
+
+
 def test_kv_cache_length_trim_nbytes(tiny_loaded):
     cache = KVCache(tiny_loaded.model.config)
     assert cache.length == 0 and cache.nbytes == 0

@@ -184,9 +184,14 @@ def test_http_busy_session_is_session_busy(client):
 
 def test_capacity_errors(tiny_loaded):
     """Queue full and session capacity, over both edges (no API key on this server)."""
-    engine = _engine(tiny_loaded, max_waiting=0, max_sessions=1)
+    engine = _engine(tiny_loaded, max_running=1, max_waiting=0, max_sessions=1)
+    long = {"prompt": TURN, "max_tokens": 900, "ignore_eos": True, "stream": True}
     with LiveServer(create_app(ServerState(ServerConfig(), engine))) as http, LiveGrpc(engine) as rpc, \
-            Client(http.url) as c, RuntimeClient(rpc.target) as rc:
+            Client(http.url) as c, RuntimeClient(rpc.target) as rc, httpx.Client(base_url=http.url, timeout=30) as h, \
+            h.stream("POST", "/v1/completions", json=long):  # holds the one running slot
+        deadline = time.time() + 10
+        while engine.num_running < 1 and time.time() < deadline:
+            time.sleep(0.02)
         with pytest.raises(Overloaded) as e:
             c.complete(TURN, max_tokens=2)
         assert type(e.value) is Overloaded and e.value.status == 429 and e.value.retry_after == 1.0

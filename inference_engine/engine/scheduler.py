@@ -19,8 +19,10 @@ class Scheduler:
         self.running: list[Request] = []
 
     def check_capacity(self) -> None:
-        if len(self.waiting) >= self.max_waiting:
-            raise Overloaded(f"queue is full ({self.max_waiting} waiting requests); retry later")
+        """Room for max_running + max_waiting admitted requests: a burst into an idle engine fills the
+        running slots first (they move there at the next schedule), then the queue."""
+        if len(self.running) + len(self.waiting) >= self.max_running + self.max_waiting:
+            raise Overloaded(f"queue is full ({self.max_running} running, {self.max_waiting} waiting); retry later")
 
     def add(self, req: Request) -> None:
         self.check_capacity()
