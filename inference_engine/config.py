@@ -20,7 +20,7 @@ class ModelConfig:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     max_running: int = 8     # requests decoding at once
-    max_waiting: int = 64    # queued beyond that → Overloaded
+    max_waiting: int = 64    # queued beyond the running slots; more than max_running + max_waiting admitted → Overloaded
     speculative: SpeculativeParams = field(default_factory=SpeculativeParams)  # server-wide default
     ngram_max: int = 4
     ngram_min: int = 2
