@@ -27,7 +27,7 @@ class EngineConfig:
     max_draft_tokens: int = 16
     suffix_cache_tokens: int = 100_000  # memory bound of the cross-request suffix index
     adaptive_max_k: int = 16            # longest draft the controller considers (calibrated k = 0..16)
-    calibration_file: Optional[str] = None  # where measured verify-cost curves are cached; None = measure each start
+    calibration_file: Optional[str] = None  # cache of measured verify-cost curves; None: the server's (user cache dir), "": none
     cost_curve: Optional[tuple[float, ...]] = None  # pin t(k)/t(0) instead of measuring (reproducible runs)
     max_batch: int = 8                  # decoding requests verified together in one forward
     session_cache_bytes: int = 1 << 30  # KV bytes the session store / prefix cache may hold (LRU)

@@ -132,7 +132,7 @@ def test_pinned_cost_curve_skips_measurement(tiny_llm):
 
 
 def test_verify_cost_curve_is_measured_on_the_real_verifier(tiny_llm, tmp_path):
-    curve = cost_curve(tiny_llm.core.verifier, EngineConfig(adaptive_max_k=4))
+    curve = cost_curve(tiny_llm.core.verifier, EngineConfig(adaptive_max_k=4, calibration_file=""))
     assert len(curve) == 5 and curve[0] == 1.0
     assert all(a <= b for a, b in zip(curve, curve[1:]))  # non-decreasing by construction
     assert tiny_llm.core.verifier.new_cache().length == 0
@@ -157,6 +157,32 @@ def test_cost_curve_cache_is_reused(tmp_path):
 
     assert cached_cost_curve(path, "m|cpu|float32", must_not_measure) == [1.0, 1.5]
     assert json.loads(path.read_text()) == {"m|cpu|float32": [1.0, 1.5]}
+
+
+def test_cost_curve_cache_keeps_the_newest_curves(tmp_path):
+    from inference_engine.engine.calibration import MAX_CURVES
+
+    path = tmp_path / "calibration.json"
+    for i in range(MAX_CURVES + 3):
+        cached_cost_curve(path, f"m{i}", lambda i=i: [1.0, 1.0 + i])
+    kept = json.loads(path.read_text())
+    assert list(kept) == [f"m{i}" for i in range(3, MAX_CURVES + 3)] and kept[f"m{MAX_CURVES + 2}"] == [1.0, MAX_CURVES + 3.0]
+
+
+def test_an_in_process_engine_shares_the_servers_calibration_cache(tiny_loaded, tmp_path, monkeypatch):
+    """LLM(...) with the default EngineConfig reads and writes the same file as `kakeya serve`
+    (<cache dir>/kakeya/calibration.json), so its first `auto` request does not time the verifier
+    again; "" turns the cache off."""
+    from inference_engine.engine.llm import LLM
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    llm = LLM(tiny_loaded)
+    key = calibration_key(llm.core.verifier, EngineConfig().adaptive_max_k)
+    path = tmp_path / "kakeya" / "calibration.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({key: [1.0] + [9.0] * EngineConfig().adaptive_max_k}))  # not what this CPU measures
+    assert llm.core.speculator.costs.seed[1] == 9.0
+    assert LLM(tiny_loaded, EngineConfig(calibration_file="")).core.speculator.costs.seed[1] < 9.0
 
 
 @pytest.mark.real_model

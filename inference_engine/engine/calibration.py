@@ -7,6 +7,7 @@ or thread count is never reused on another. It is only a seed: the engine refine
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -17,9 +18,11 @@ import torch
 
 from ..config import EngineConfig
 from ..models.device import synchronize
+from ..models.gguf_cache import default_cache_dir
 from .verifier import Verifier
 
 CONTEXT = 64  # cached tokens during calibration: a typical short-chat position
+MAX_CURVES = 64  # curves kept in the shared cache file (model × machine × format × threads)
 METHOD = 2  # in the key: curves measured an older way (2: interleaved passes) are measured again
 
 
@@ -45,13 +48,27 @@ def measure_cost_curve(run: Callable[[int], None], max_k: int, repeats: int = 5)
 
 
 def cached_cost_curve(path: Path, key: str, measure: Callable[[], list[float]]) -> list[float]:
-    """The cost curve for `key` from a JSON cache file, measuring once."""
-    data = json.loads(path.read_text()) if path.exists() else {}
-    if key not in data:
-        data[key] = measure()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
-    return data[key]
+    """The cost curve for `key` from a JSON cache file, measuring once. The file is shared by every
+    server and in-process engine of the user: it is replaced atomically, re-read just before (another
+    process may have added a curve meanwhile), and keeps the newest MAX_CURVES keys."""
+    data = _read(path)
+    if key in data:
+        return data[key]
+    curve = measure()
+    data = {k: v for k, v in _read(path).items() if k != key}
+    data = dict(list(data.items())[-(MAX_CURVES - 1):] + [(key, curve)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return curve
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or one torn by an older writer
+        return {}
 
 
 def cpu_model() -> str:
@@ -97,6 +114,7 @@ def cost_curve(verifier: Verifier, config: EngineConfig) -> list[float]:
 
         return measure_cost_curve(run, max_k)
 
-    if config.calibration_file is None:
+    if config.calibration_file == "":
         return measure()
-    return cached_cost_curve(Path(config.calibration_file), calibration_key(verifier, max_k), measure)
+    path = Path(config.calibration_file) if config.calibration_file else default_cache_dir() / "calibration.json"
+    return cached_cost_curve(path, calibration_key(verifier, max_k), measure)  # shared with `kakeya serve`'s
