@@ -210,3 +210,19 @@ def test_generate_never_blocks_the_event_loop(smol_loaded):
             assert stub.GetSessionInfo(pb.GetSessionInfoRequest(session_id=busy), timeout=5).busy
         call.cancel()
     engine.shutdown()
+
+
+@pytest.mark.parametrize("method,streaming", [("CreateSession", False), ("AppendTokens", False), ("Generate", True)])
+def test_an_undecodable_message_is_invalid_argument(server, method, streaming):
+    """Bytes that are not the method's protobuf message (a length running past the end) are the
+    client's mistake: INVALID_ARGUMENT naming the method, and the server keeps serving."""
+    truncated = b"\x0a\x7f\x01"  # field 1, length 127, one byte present
+    with grpc.insecure_channel(server.target) as channel:
+        path = f"/kakeya.v1.RuntimeService/{method}"
+        call = (channel.unary_stream if streaming else channel.unary_unary)(path, request_serializer=lambda b: b,
+                                                                              response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            out = call(truncated, timeout=10)
+            list(out) if streaming else out
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and method in e.value.details()
+        assert pb_grpc.RuntimeServiceStub(channel).CreateSession(pb.CreateSessionRequest()).session_id
