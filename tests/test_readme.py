@@ -1,5 +1,6 @@
 """The README's curl and openai examples, executed verbatim against a real server on the
-default model, and against `kakeya cluster` with 2 replicas (only the port is changed to a free one)."""
+default model, and against `kakeya cluster` with 2 replicas (only the port is changed to a free one);
+every curl block of docs/ too, where any 4xx/5xx fails it."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,10 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```(bash|python)\n(.*?)```", README, re.S)
 CURLS = [code for lang, code in BLOCKS if lang == "bash" and code.lstrip().startswith("curl")]
 PYTHON = [code for lang, code in BLOCKS if lang == "python" and "OpenAI(" in code]
+DOCS = Path(__file__).parents[1] / "docs"
+DOC_CURLS = [(path.name, code) for path in sorted(DOCS.glob("*.md"))
+             for lang, code in re.findall(r"```(bash|sh)\n(.*?)```", path.read_text(), re.S)
+             if lang and code.lstrip().startswith("curl")]
 
 
 @pytest.fixture(scope="module", params=["serve", pytest.param("cluster", marks=pytest.mark.ray)])
@@ -62,6 +67,19 @@ def test_readme_curl_examples(server, index):
         assert json.loads(out.stdout)["data"][0]["id"] == "SmolLM2-135M-Instruct"
     else:
         assert "Paris" in json.loads(out.stdout)["choices"][0]["message"]["content"]
+
+
+@pytest.mark.real_model
+def test_docs_have_curl_examples_and_only_for_this_host():
+    assert DOC_CURLS and all("127.0.0.1:8000" in code and "localhost" not in code for _, code in DOC_CURLS)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("index", range(len(DOC_CURLS)), ids=[f"{name}-{i}" for i, (name, _) in enumerate(DOC_CURLS)])
+def test_docs_curl_examples(server, index):
+    code = _here(DOC_CURLS[index][1], server).replace("curl -s ", "curl -sS --fail-with-body ")
+    out = subprocess.run(["bash", "-ec", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.real_model
