@@ -53,6 +53,9 @@ def test_explicit_null_means_default(live, field):
     {"tools": [TOOL], "tool_choice": "required"},
     {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
     {"response_format": {"type": "text"}},
+    {"messages": [USER, {"role": "assistant", "content": None, "refusal": "I can't."}, USER]},  # as the client sends it back
+    {"n": 2, "best_of": 2, "max_tokens": 1},                 # best_of = n: what every request does
+    {"modalities": ["text"], "store": False, "metadata": {"k": "v"}},
 ])
 def test_accepted_as_openai_does(live, body):
     r = _chat(live, **body)
@@ -73,6 +76,13 @@ def test_accepted_as_openai_does(live, body):
     ({"messages": [USER, {"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "4"}]}, "messages.1.tool_calls.0.function.arguments"),
+    # OpenAI fields that would change the answer and are not implemented: refused by name, never ignored
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ({"n": 1, "best_of": 3}, "best_of"),
 ])
 def test_refused_as_openai_does(live, body, param):
     r = _chat(live, **body)
@@ -184,3 +194,16 @@ def test_streamed_echo(live):
             for c in json.loads(e[6:])["choices"]:
                 texts[c["index"]] += c["text"]
     assert texts == [c["text"] for c in whole["choices"]] and texts[1].startswith("One two")
+
+
+def test_completions_refuse_suffix_and_best_of_below_n(live):
+    for body, param in (({"suffix": " end."}, "suffix"), ({"n": 3, "best_of": 2}, "best_of")):
+        r = httpx.post(live.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, **body}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_chat_logprobs_carry_openais_refusal_field(live):
+    r = openai_client(live).chat.completions.create(model=openai.NOT_GIVEN, messages=[USER], max_tokens=2,
+                                                    logprobs=True, top_logprobs=1)
+    raw = r.choices[0].logprobs.model_dump()
+    assert set(raw) == {"content", "refusal"} and raw["refusal"] is None and raw["content"]

@@ -109,7 +109,9 @@ def _errors(*statuses: int) -> dict:
     return {s: {"model": ErrorResponse, "description": "OpenAI error envelope"} for s in statuses}
 
 
-SSE = {"text/event-stream": {"schema": {"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`"}}}
+SSE = {"text/event-stream": {"schema": {  # one server-sent event: `data: {chunk}` events, then `data: [DONE]`
+    "type": "object", "required": ["data"], "description": "`data: {chunk}` events, then `data: [DONE]`",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
 COMPLETION = {**_errors(400, 401, 404, 409, 413, 429, 503)}
 RESPONSES = {
     "chat": {200: {"model": ChatCompletionResponse, "content": SSE}, **COMPLETION},

@@ -80,7 +80,8 @@ class Completion:
             def entry(tid: int, lp: float) -> dict:
                 tok = self._token(tid)
                 return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
-            return {"content": [dict(entry(t.token_id, t.logprob), top_logprobs=[entry(a, b) for a, b in t.top]) for t in lps]}
+            return {"content": [dict(entry(t.token_id, t.logprob), top_logprobs=[entry(a, b) for a, b in t.top]) for t in lps],
+                    "refusal": None}  # OpenAI's field: the logprobs of refusal tokens (never produced here)
         tokens = [self._token(t.token_id) for t in lps]
         offsets = []
         for tok in tokens:

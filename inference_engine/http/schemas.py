@@ -1,7 +1,10 @@
-"""OpenAI wire format (the subset Kakeya honours). Unknown fields are ignored, as OpenAI does."""
+"""OpenAI wire format (the subset Kakeya honours). The OpenAI fields Kakeya does not implement are
+refused by name (UNSUPPORTED); other unknown fields are ignored and logged, as vLLM does (OpenAI
+itself answers 400)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any, Literal, Optional, Union
 
 import llguidance
@@ -15,10 +18,34 @@ from ..types import SPEC_METHODS
 from . import screen
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+log = logging.getLogger(__name__)
+# OpenAI request fields that would change the answer and that Kakeya does not implement: a 400 naming
+# them, never a silent no-op. Value: what to use instead.
+UNSUPPORTED = {
+    "functions": "the deprecated functions API: send tools", "function_call": "deprecated: send tool_choice",
+    "audio": "audio output is not supported", "prediction": "predicted outputs are not supported",
+    "suffix": "insertion (a text after the completion) is not supported",
+    "web_search_options": "web search is not supported",
+}
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _refuse_unsupported(data: dict, model: type) -> None:
+    for name, hint in UNSUPPORTED.items():
+        if name in data:
+            raise InvalidRequest(f"{name} is not supported by this server: {hint}", name)
+    if "audio" in (data.get("modalities") or ()):
+        raise InvalidRequest("modalities: audio output is not supported (only text)", "modalities")
+    best_of, n = data.get("best_of"), data.get("n", 1)
+    if best_of is not None and best_of not in (1, n):  # best_of > n: generate more, return the likeliest n
+        raise InvalidRequest(f"best_of {best_of!r} is not supported (only best_of = n): ask for n choices instead",
+                             "best_of")
+    unknown = sorted(set(data) - set(model.model_fields) - {"modalities", "best_of", "store", "metadata", "service_tier"})
+    if unknown:  # vLLM's behaviour: ignored, and said in the log
+        log.warning("ignored unknown request fields: %s", ", ".join(unknown)[:200])
 
 
 class TextPart(_Lenient):
@@ -96,6 +123,7 @@ class ChatMessage(_Lenient):
          "required": ["content"]},
         {"properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
          "required": ["tool_calls"]},
+        {"properties": {"role": {"const": "assistant"}, "refusal": {"type": "string"}}, "required": ["refusal"]},
         {"properties": {"role": {"const": "tool"}, "content": _CONTENT, "tool_call_id": {"type": "string"}},
          "required": ["content", "tool_call_id"]},
     ]})
@@ -103,6 +131,7 @@ class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None
+    refusal: Optional[str] = None  # an assistant turn that refused, as the openai client sends it back
     tool_call_id: Optional[str] = Field(default=None, validate_default=True)
     content: Optional[Union[str, list[Union[TextPart, RefusalPart]]]] = Field(default=None, validate_default=True)
 
@@ -121,8 +150,9 @@ class ChatMessage(_Lenient):
             return v
         if isinstance(v, list) and not v:
             raise PydanticCustomError("too_short", "content must not be an empty array")
-        if v is None and not (role == "assistant" and info.data.get("tool_calls")):
-            need = "an assistant message needs content or tool_calls" if role == "assistant" else f"a {role} message needs content"
+        if v is None and not (role == "assistant" and (info.data.get("tool_calls") or info.data.get("refusal"))):
+            need = "an assistant message needs content, tool_calls or refusal" if role == "assistant" else \
+                f"a {role} message needs content"
             raise PydanticCustomError("missing", need)
         return v
 
@@ -130,7 +160,8 @@ class ChatMessage(_Lenient):
         """The dict a chat template expects: content as one string."""
         content = self.content if isinstance(self.content, str) or self.content is None else \
             "".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
-        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                               "content": content or self.refusal or ""}
         for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
                 msg[key] = getattr(self, key)
@@ -229,6 +260,7 @@ class _SamplingFields(_Lenient):
         if isinstance(data, dict):
             screen.screen(data)
             data = {k: v for k, v in data.items() if v is not None}
+            _refuse_unsupported(data, cls)
         return data
 
     @field_validator("session_id")
