@@ -194,7 +194,9 @@ def test_prefix_cache_queue_prefill_decode_metrics(client, live):
     assert delta["kakeya_prefix_cache_hits_total"] == sum(hits) and hits[1] > hits[0]
     for phase in ("queue", "prefill", "decode"):
         assert delta[f"kakeya_request_{phase}_time_seconds_count"] == 2
-        assert delta[f"kakeya_request_{phase}_time_seconds_sum"] >= 0
+    parts = sum(delta[f"kakeya_request_{phase}_time_seconds_sum"] for phase in ("queue", "prefill", "decode"))
+    assert delta["kakeya_request_prefill_time_seconds_sum"] > 0  # phases of the requests, not of the server:
+    assert parts <= delta["kakeya_e2e_request_latency_seconds_sum"]  # together within their end-to-end time
     assert delta["kakeya_request_decode_time_seconds_sum"] > 0  # 5 tokens after the first
     assert 0 < after["kakeya_kv_cache_usage_perc"] <= 1
     # bytes per cached token: at least the model's own K+V bytes per position (capacity is reserved ahead)

@@ -53,7 +53,7 @@ def test_twenty_turns_prefill_only_new_tokens(live, header):
     assert metrics["kakeya_model_forwards_total"] >= 20
     info = httpx.get(url + "/v1/sessions/conv-%s" % header).json()
     assert info["history_length"] == len(history) and info["kv_cached_tokens"] == len(history) - 1
-    assert info["kv_bytes"] > 0 and info["idle_seconds"] >= 0 and info["busy"] is False
+    assert info["kv_bytes"] > 0 and 0 <= info["idle_seconds"] < 5 and info["busy"] is False  # idle since its last turn
     assert info["speculative"]["verify_steps"] >= 20
 
 

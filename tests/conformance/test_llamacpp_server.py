@@ -77,10 +77,14 @@ def test_chat_completion_stream(live):  # test_chat_completion_stream
 
 
 def test_chat_completion_with_openai_library(live):  # test_chat_completion_with_openai_library
-    r = openai_client(live).chat.completions.create(model=openai.NOT_GIVEN, messages=BOOK, max_tokens=8, seed=42,
-                                                    temperature=0.8)
+    ask = dict(model=openai.NOT_GIVEN, messages=BOOK, max_tokens=8, seed=42, temperature=0.8)
+    r = openai_client(live).chat.completions.create(**ask)
     assert r.system_fingerprint and r.choices[0].finish_reason in ("length", "stop")
     assert r.choices[0].message.content is not None
+    if r.choices[0].finish_reason == "length":
+        assert r.usage.completion_tokens == 8
+    again = openai_client(live).chat.completions.create(**ask)  # the seed decides the sample
+    assert again.choices[0].message.content == r.choices[0].message.content
 
 
 @pytest.mark.parametrize("response_format, check", [  # test_completion_with_response_format
