@@ -124,6 +124,11 @@ MUTANTS: list[Mutant] = [
     Mutant("penalty_ignores_drafts", SAMPLING,
            "counts[draft[i - 1]] += 1", "counts[draft[i - 1]] += 0",
            (f"{LP}::test_penalties_see_accepted_drafts",)),
+    # shared by plain and speculative decoding: only an independent reference (hf_greedy) sees it
+    Mutant("penalties_swapped", SAMPLING,
+           "x[i] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()",
+           "x[i] -= params.presence_penalty * counts + params.frequency_penalty * (counts > 0).float()",
+           (f"{LP}::test_penalties_see_accepted_drafts[frequency_penalty-0.5-ngram]",)),
     Mutant("seed_keyed_by_step_not_position", CORE,
            "position_generator(seed, start + i, device)", "position_generator(seed, i, device)",
            (f"{EQ}::test_seeded_sampling_equals_plain[suffix]",)),

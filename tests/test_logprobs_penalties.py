@@ -9,7 +9,9 @@ import torch
 from inference_engine.config import EngineConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.types import SamplingParams, SpeculativeParams
-from test_lossless_models import CPU_LIKE, SMALL_PROMPT, fresh_llm, run_steps, small_loaded, small_qwen3_dir  # noqa: F401  (fixtures)
+from test_lossless_models import (  # noqa: F401  (fixtures)
+    CPU_LIKE, SMALL_PROMPT, fresh_llm, hf_greedy, run_steps, small_loaded, small_qwen3_dir,
+)
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 11, 9707, 11]
 PLAIN = SpeculativeParams("none", 0)
@@ -88,6 +90,11 @@ def test_penalties_see_accepted_drafts(small_loaded, kind, value, method):
     plain, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, PLAIN)
     unpenalised, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, replace(sp, **{kind: 0.0}), PLAIN)
     assert plain != unpenalised  # the penalty matters here
+    formula = {"presence": value if kind == "presence_penalty" else 0.0, "frequency": value if kind == "frequency_penalty" else 0.0}
+    assert plain == hf_greedy(small_loaded, SMALL_PROMPT, 32, bias, **formula)  # OpenAI's formula, written in the test
+    if method == "ngram":  # a 3-token alphabet repeats tokens many times: the two formulas part ways
+        other = {"presence": formula["frequency"], "frequency": formula["presence"]}
+        assert plain != hf_greedy(small_loaded, SMALL_PROMPT, 32, bias, **other)
     llm = fresh_llm(small_loaded, small_loaded if method == "draft" else None)
     deep = 0
     for k in (2, 4, 8):

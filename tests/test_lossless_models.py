@@ -88,6 +88,24 @@ def near_small(small_qwen3_dir, tmp_path_factory) -> LoadedModel:
     return _once("near", lambda: _load(perturbed_copy(small_qwen3_dir, tmp_path_factory.mktemp("near-small"), noise=0.05)))
 
 
+def hf_greedy(loaded: LoadedModel, prompt, n: int, bias=(), presence: float = 0.0, frequency: float = 0.0) -> list[int]:
+    """The independent reference for greedy output: transformers' own forward over the whole
+    sequence at every step (no KV cache, nothing of the engine), then OpenAI's documented formula
+    mu[j] -> mu[j] - c[j] * frequency - (c[j] > 0) * presence (c[j]: times token j was generated
+    so far) and `logit_bias` added, then argmax."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = loaded.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()  # [V]
+            for j in set(ids[len(prompt):]):
+                c = ids[len(prompt):].count(j)
+                logits[j] -= c * frequency + (1.0 if c > 0 else 0.0) * presence
+            for token, b in bias:
+                logits[token] += b
+            ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
 def run_steps(llm: LLM, prompt, sampling: Optional[SamplingParams] = None, spec: Optional[SpeculativeParams] = None,
               session_id: Optional[str] = None):
     """Generate through EngineCore.step(); returns (tokens, [(drafted, accepted) per step]).

@@ -1,5 +1,6 @@
 """Lossless: speculative decoding equals plain decoding token for token, for every proposer and
-k = 1..8, on drafts that agree with the verifier only partly. Each proposer must show full
+k = 1..8, on drafts that agree with the verifier only partly; greedy output is also checked against
+transformers' own forward (hf_greedy: no engine code), so a bug shared by both paths shows. Each proposer must show full
 accepts, full rejects and partial accepts (a prefix of the draft accepted, then a rejection),
 because rollback bugs live in the partial case."""
 from __future__ import annotations
@@ -9,7 +10,8 @@ import pytest
 from inference_engine.tokenizer import apply_chat_template
 from inference_engine.types import SamplingParams, SpeculativeParams
 from test_lossless_models import (  # noqa: F401  (fixtures)
-    PLAIN, SMALL_PROMPT, add_mix, fresh_llm, near_small, run_steps, small_loaded, small_qwen3_dir, taught_variant,
+    PLAIN, SMALL_PROMPT, add_mix, fresh_llm, hf_greedy, near_small, run_steps, small_loaded, small_qwen3_dir,
+    taught_variant,
 )
 
 # Three tokens lifted far above the rest: the model then writes in a 3-token alphabet and repeats
@@ -38,6 +40,7 @@ def _engine(loaded, method, reference):
 def test_greedy_equals_plain_for_every_k(small_loaded, near_small, method):
     sp = CASES[method]
     plain, _ = run_steps(fresh_llm(small_loaded), SMALL_PROMPT, sp, PLAIN)
+    assert plain == hf_greedy(small_loaded, SMALL_PROMPT, sp.max_tokens, sp.logit_bias)  # the independent reference
     assert len(set(plain)) >= 3
     # the draft model keeps no state across requests: one engine serves every k (building one checks the vocabulary)
     drafting = fresh_llm(small_loaded, near_small, prefix_cache=False) if method == "draft" else None
