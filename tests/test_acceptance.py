@@ -117,3 +117,14 @@ def test_greedy_accept_vocabulary():
     assert (rec.tokens, rec.num_accepted, rec.kind) == ([1, 0], 1, "recovered")
     plain = accept_greedy(logits[:1], [])
     assert (plain.tokens, plain.kind) == ([1], "plain")
+
+
+def test_a_rejected_model_draft_is_counted_and_recovered():
+    """Rejection sampling's bookkeeping: a draft token the target gives probability zero is always
+    rejected, and the step says so (1 drafted, 0 accepted, the token recovered from the residual)."""
+    p = torch.stack([_dist(0, 1, 1, 0), _dist(1, 1, 1, 1)])  # [k+1=2, V=4]
+    q = _dist(1, 1, 1, 1)[None]  # [k=1, V=4]: the draft model could draft token 3
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(50):
+        out = accept_sampled(p, [3], q, lambda i: gen)
+        assert (out.num_drafted, out.num_accepted, out.kind) == (1, 0, "recovered") and out.tokens[0] in (1, 2)

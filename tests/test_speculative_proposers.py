@@ -85,6 +85,15 @@ def _chi2_crit_001(df: int) -> float:
     return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
 
 
+def test_seeded_draft_model_sampling_is_reproducible(draft_llms):
+    """A seed fixes the text under draft-model speculation too: the acceptance test's uniforms and
+    every recovered or bonus token draw from the request's seeded generators."""
+    llm = draft_llms["other"]
+    runs = [llm.generate(PROMPT, SamplingParams(max_tokens=16, temperature=1.0, seed=s, ignore_eos=True),
+                         SpeculativeParams("draft", 4)).token_ids for s in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
 def test_draft_model_sampling_matches_verifier_distribution(micro_pair):
     """End to end through the engine with a real draft model, k = 2 and max_tokens = 3: the first
     step drafts two tokens, so the 3-token output holds accepted drafts, recovered tokens and the
