@@ -110,6 +110,9 @@ MUTANTS: list[Mutant] = [
     Mutant("residual_is_p", ACCEPT,
            "residual = (probs[i] - draft_probs[i].to(probs.device)).clamp_min(0)", "residual = probs[i].clone()",
            (f"{ACC}::test_rejection_sampling_conditionals_match_target",)),
+    Mutant("draft_uniforms_unseeded", ACCEPT,  # found by mutmut (docs/testing.md)
+           "u = torch.rand(k, generator=generator, device=probs.device)", "u = torch.rand(k, device=probs.device)",
+           (f"{PROP}::test_seeded_draft_model_sampling_is_reproducible",)),
     # end to end: the same acceptance bugs through the engine with a real draft model
     Mutant("e2e_bonus_row_k_minus_1", ACCEPT,
            "token = int(sample(probs[k : k + 1], generator)[0])", "token = int(sample(probs[k - 1 : k], generator)[0])",

@@ -22,8 +22,9 @@ only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = [${tests%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 also_copy = ["kv_cache_proposer/", "scripts/"]
+process_isolation = "forkserver"  # torch is not fork-safe: plain fork turned passing mutants into timeouts
 TOML
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1  # two workers on two cores
 .venv/bin/mutmut run --max-children 2 > "$work/run.log" 2>&1 || true
 .venv/bin/mutmut results --all true 2>/dev/null | grep -v ": killed$" || true
 echo "counts: $(.venv/bin/mutmut results --all true 2>/dev/null | awk -F': ' '{print $2}' | sort | uniq -c | tr '\n' ' ')"
