@@ -127,6 +127,9 @@ MUTANTS: list[Mutant] = [
     Mutant("penalty_ignores_drafts", SAMPLING,
            "counts[draft[i - 1]] += 1", "counts[draft[i - 1]] += 0",
            (f"{LP}::test_penalties_see_accepted_drafts",)),
+    Mutant("min_p_threshold_across_rows", SAMPLING,  # found by mutmut (docs/testing.md)
+           "probs.amax(-1, keepdim=True)", "probs.amax(keepdim=True)",
+           ("tests/test_sampling.py::test_filters_apply_to_each_verify_row_on_its_own",)),
     # shared by plain and speculative decoding: only an independent reference (hf_greedy) sees it
     Mutant("penalties_swapped", SAMPLING,
            "x[i] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()",

@@ -50,3 +50,31 @@ def test_seeded_generator_reproducible():
     a = [int(sample(p, make_generator(7, torch.device("cpu")))[0]) for _ in range(3)]
     assert len(set(a)) == 1
     assert make_generator(None, torch.device("cpu")) is None
+
+
+def test_top_k_of_one_is_the_argmax():
+    assert _kept(SamplingParams(temperature=1, top_k=1)) == [True, False, False, False, False]
+
+
+def test_min_p_of_one_keeps_only_the_top_token():
+    p = target_probs(LOGITS, SamplingParams(temperature=1, min_p=1.0))
+    assert p[0].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_filters_apply_to_each_verify_row_on_its_own():
+    """Under speculation target_probs sees k+1 rows at once: each row's top-k, top-p and min-p are
+    its own (min-p keeps p >= min_p × that row's top probability), written out here per row."""
+    rows = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05], [0.04, 0.06, 0.1, 0.3, 0.5],
+                                   [0.1, 0.15, 0.2, 0.25, 0.3]]))  # [3, V]: maxima 0.5, 0.5, 0.3
+    for params in (SamplingParams(temperature=1, min_p=0.35), SamplingParams(temperature=1, top_p=0.6),
+                   SamplingParams(temperature=1, top_k=2)):
+        together = target_probs(rows, params)
+        alone = torch.cat([target_probs(rows[i : i + 1], params) for i in range(3)])
+        assert torch.equal(together, alone), params
+    kept = torch.isfinite(filter_logits(rows, SamplingParams(temperature=1, min_p=0.35)))
+    probs = rows.exp()
+    assert kept.tolist() == (probs >= 0.35 * probs.max(-1, keepdim=True).values).tolist()
+
+
+def test_top_k_of_three():
+    assert _kept(SamplingParams(temperature=1, top_k=3)) == [True, True, True, False, False]
