@@ -21,14 +21,6 @@ MEMORY_GAUGES = {
     "kakeya_kv_bytes_per_cached_token": "Held session/prefix KV bytes (spare capacity included) per cached position",
     "kakeya_suffix_index_tokens": "Tokens indexed for suffix drafting (bounded by --suffix-cache-tokens per API key)",
 }
-def engine_metrics(engine) -> "Metrics":
-    """The metrics of one AsyncEngine: its gauges read at scrape time; steps and requests observed."""
-    return Metrics(lambda: engine.num_running, lambda: engine.num_waiting, lambda: engine.num_sessions,
-                   lambda: engine.cache_bytes, lambda: engine.cache_usage, memory={
-                       "kakeya_kv_bytes_per_cached_token": lambda: engine.kv_bytes_per_cached_token,
-                       "kakeya_suffix_index_tokens": lambda: engine.suffix_index_tokens})
-
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -133,3 +125,11 @@ class _ReplicaCollector:
         for outcome, n in sorted(turns.items()):
             routed.add_metric([outcome], n)
         yield routed
+
+
+def engine_metrics(engine) -> Metrics:
+    """The metrics of one AsyncEngine: its gauges read at scrape time; steps and requests observed."""
+    return Metrics(lambda: engine.num_running, lambda: engine.num_waiting, lambda: engine.num_sessions,
+                   lambda: engine.cache_bytes, lambda: engine.cache_usage, memory={
+                       "kakeya_kv_bytes_per_cached_token": lambda: engine.kv_bytes_per_cached_token,
+                       "kakeya_suffix_index_tokens": lambda: engine.suffix_index_tokens})

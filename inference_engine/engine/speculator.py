@@ -49,16 +49,19 @@ class Speculator:
 
     @property
     def controller(self) -> AdaptiveController:
-        """Built on first use, with the cost model: calibrating its seed takes a few forwards."""
-        if self._controller is None:
-            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
-            self._controller = AdaptiveController()
+        self._build_adaptive()
         return self._controller
 
     @property
     def costs(self) -> CostModel:
-        self.controller
+        self._build_adaptive()
         return self._costs
+
+    def _build_adaptive(self) -> None:
+        """The controller and its cost model, on first use: calibrating the seed takes a few forwards."""
+        if self._controller is None:
+            self._costs = CostModel(cost_curve(self.verifier, self.config), online=self.config.cost_curve is None)
+            self._controller = AdaptiveController()
 
     def suffix_for(self, tenant: str) -> SuffixProposer:
         """Each tenant drafts only from its own past requests: a shared index would leak prompts."""
