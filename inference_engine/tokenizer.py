@@ -103,10 +103,12 @@ class StopMatcher:
         if self.stopped:
             return ""
         buf = self.held + delta
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        # the first stop string to be completed wins (of those one character completes, the longest),
+        # so the answer does not depend on how the text was cut into deltas
+        hits = [(i + len(s), i) for s in self.stops if (i := buf.find(s)) >= 0]
         if hits:
             self.stopped, self.held = True, ""
-            return buf[: min(hits)]
+            return buf[: min(hits)[1]]
         keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(buf)), 0, -1) if s.startswith(buf[-n:])), default=0)
         self.held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from inference_engine.config import EngineConfig
+from test_lossless_models import hf_greedy, hf_ranks
 from inference_engine.engine.llm import LLM
 from inference_engine.tokenizer import apply_chat_template
 from inference_engine.types import SamplingParams, SpeculativeParams, Submission
@@ -37,6 +38,11 @@ def test_interleaved_sessions_equal_each_alone(tiny_loaded, n, sampling, spec):
         llm.core.sessions.append(sids[-1], p)
     together, forwards, steps = _run_together(llm, PROMPTS[:n], sampling, spec, sids)
     assert together == alone
+    if sampling.temperature == 0:  # the independent reference: transformers' forward, argmax
+        assert alone == [hf_greedy(tiny_loaded, p, sampling.max_tokens) for p in PROMPTS[:n]]
+    else:  # every sampled token is among the top_k of transformers' logits, and not always the first
+        ranks = [r for p, out in zip(PROMPTS[:n], alone) for r in hf_ranks(tiny_loaded, p, out)]
+        assert max(ranks) < sampling.top_k and max(ranks) > 0, ranks
     # step 1 runs the n prefills alone; every later step verifies all decoding rows in one forward
     assert forwards == n + (steps - 1)  # one forward per step after the prefills
 
@@ -60,6 +66,9 @@ def test_second_turns_interleave_on_cached_sessions(tiny_loaded):
     llm = LLM(tiny_loaded, EngineConfig())
     together, _, _ = _run_together(llm, PROMPTS, sampling, None, turn1(llm))
     assert together == alone
+    # the reference: transformers' greedy over each whole conversation, no KV kept between turns
+    first = [hf_greedy(tiny_loaded, p, 8) for p in PROMPTS]
+    assert alone == [hf_greedy(tiny_loaded, p + out + turn2, 8) for p, out in zip(PROMPTS, first)]
 
 
 def test_max_batch_splits_forwards(tiny_loaded):

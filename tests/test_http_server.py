@@ -98,6 +98,25 @@ def test_stop_string_never_reaches_client(client, live):
     assert r.choices[0].message.content == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_ending_inside_a_held_back_stop_prefix(client, live, stream):
+    """A stop string whose start the output ends with (max_tokens comes first): the text held back
+    as a possible stop is released at the end, so the answer is the whole text; a stop string that
+    occurs is cut exactly where brute force over the unstopped text finds it."""
+    kw = dict(model=live[2], messages=MSG, max_tokens=12, temperature=0)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    for stop, expected, finish in ((full[-2:] + "\u2603", full, "length"),
+                                   (full[-4:-1], full[: full.index(full[-4:-1])], "stop")):
+        if stream:
+            chunks = [c for c in client.chat.completions.create(stop=[stop], stream=True, **kw) if c.choices]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            reason = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+        else:
+            c = client.chat.completions.create(stop=[stop], **kw).choices[0]
+            text, reason = c.message.content, [c.finish_reason]
+        assert (text, reason) == (expected, [finish]), stop
+
+
 def test_async_client_concurrent_streams(live):
     async def main():
         aclient = openai.AsyncOpenAI(base_url=live[0].url + "/v1", api_key="unused", max_retries=0)

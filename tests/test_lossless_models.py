@@ -106,6 +106,17 @@ def hf_greedy(loaded: LoadedModel, prompt, n: int, bias=(), presence: float = 0.
     return ids[len(prompt):]
 
 
+def hf_ranks(loaded: LoadedModel, prompt, tokens) -> list[int]:
+    """Each generated token's rank among transformers' logits at its position (0: the argmax), from
+    one forward over prompt + tokens: the reference for where a sampled token may come from."""
+    ids = list(prompt) + list(tokens)
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()  # [L, V]
+    rows = logits[len(prompt) - 1: len(ids) - 1]  # [T, V]: row i predicts tokens[i]
+    chosen = rows.gather(1, torch.tensor(list(tokens))[:, None])  # [T, 1]
+    return (rows > chosen).sum(1).tolist()
+
+
 def run_steps(llm: LLM, prompt, sampling: Optional[SamplingParams] = None, spec: Optional[SpeculativeParams] = None,
               session_id: Optional[str] = None):
     """Generate through EngineCore.step(); returns (tokens, [(drafted, accepted) per step]).

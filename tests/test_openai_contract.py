@@ -170,8 +170,24 @@ def test_completions_echo_logprobs_score_the_prompt(live, tiny_loaded):
         "prompt": ids, "max_tokens": 2, "echo": True, "logprobs": 0, "temperature": 0}).json()["choices"][0]
     assert len(more["logprobs"]["tokens"]) == len(ids) + 2
     assert more["logprobs"]["token_logprobs"][1:len(ids)] == pytest.approx(expected, abs=1e-4)
+    # the generated rows are the same as without echo, and each text_offset is where its token's
+    # text starts in the returned text (recomputed here from the tokens)
+    plain = httpx.post(live.url + "/v1/completions", timeout=60, json={
+        "prompt": ids, "max_tokens": 2, "logprobs": 0, "temperature": 0}).json()["choices"][0]
+    for key in ("tokens", "token_logprobs"):
+        assert more["logprobs"][key][len(ids):] == pytest.approx(plain["logprobs"][key], abs=1e-5), key
+    for lp, text in ((more["logprobs"], more["text"]), (plain["logprobs"], plain["text"])):
+        starts = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+        assert lp["text_offset"] == starts and "".join(lp["tokens"]) == text
     no_echo = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": ids, "max_tokens": 0, "logprobs": 1})
     assert no_echo.status_code == 400 and no_echo.json()["error"]["param"] == "max_tokens"
+    # echo alone with max_tokens 0 returns the prompt (OpenAI's documented echo), no logprobs
+    alone = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": "The sky is", "max_tokens": 0,
+                                                                     "echo": True})
+    assert alone.status_code == 200, alone.text
+    assert alone.json()["choices"][0]["text"] == "The sky is" and alone.json()["choices"][0]["logprobs"] is None
+    six = httpx.post(live.url + "/v1/completions", timeout=60, json={"prompt": ids, "max_tokens": 1, "logprobs": 6})
+    assert six.status_code == 400 and six.json()["error"]["param"] == "logprobs"  # OpenAI's maximum is 5
 
 
 def test_echo_logprobs_of_a_one_token_prompt(live):

@@ -75,10 +75,42 @@ def test_tools_off_leaves_tags_as_content(qwen3_tokenizer):
     assert content == CALL and calls == []
 
 
-def test_unclosed_blocks_lose_nothing(qwen3_tokenizer):
+def test_unclosed_reasoning_loses_nothing(qwen3_tokenizer):
     assert _parse(qwen3_tokenizer, "<think>still thinking", tools=False)[1] == "still thinking"
-    content, _, calls = _parse(qwen3_tokenizer, '<tool_call>\n{"name": "f"', tools=True)
-    assert content == '<tool_call>\n{"name": "f"' and calls == []
+
+
+def _calls(text: str, stream: bool) -> tuple[str, list[tuple[str, str]]]:
+    """(content, [(name, arguments)]) as a client assembles them: streamed one character at a time
+    (a head delta, then argument pieces) or parsed whole."""
+    parser, content, calls = OutputParser(True, stream_args=stream), "", {}
+    for part in [parser.push(c) for c in text] if stream else [parser.push(text)]:
+        content += part.content
+        for c in part.tool_calls or []:
+            calls.setdefault(c["index"], ["", ""])
+            calls[c["index"]][0] += c["function"].get("name", "")
+            calls[c["index"]][1] += c["function"]["arguments"]
+    end = parser.flush()
+    for c in end.tool_calls or []:
+        calls.setdefault(c["index"], ["", ""])
+        calls[c["index"]][0] += c["function"].get("name", "")
+        calls[c["index"]][1] += c["function"]["arguments"]
+    return content + end.content, [tuple(v) for _, v in sorted(calls.items())]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_call_cut_by_the_length_limit(stream):
+    """Wherever the output ends inside a call (max_tokens), the call comes out the same streamed or
+    not: with the arguments written up to the cut (as OpenAI returns a call cut at finish_reason
+    length), or not at all while its name is incomplete; never as markup in content."""
+    full = 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "n": {"k": 3}}}\n</tool_call>'
+    head_end = full.index('"arguments":') + len('"arguments":')
+    own_brace = full.rindex("}\n</tool_call>")  # the call object's closing brace
+    for cut in range(full.index("<"), len(full)):
+        content, calls = _calls(full[:cut], stream)
+        assert content.strip() == "Sure.", (cut, content)
+        expected = [] if cut < head_end else [("get_weather", full[head_end:min(cut, own_brace)].strip())]
+        assert calls == expected, (cut, calls)
+    assert _calls(full, stream)[1] == [("get_weather", '{"city": "Paris", "n": {"k": 3}}')]
 
 
 def test_malformed_tool_json_is_kept_raw(qwen3_tokenizer):

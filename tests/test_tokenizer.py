@@ -137,3 +137,24 @@ def test_stop_strings_property_no_prefix_leaks():
         for cut2 in range(cut, len(full)):
             text, stopped, _ = _stream([stop], [full[:cut], full[cut:cut2], full[cut2:]])
             assert stopped and text == "The answer is 42."
+
+
+def test_stop_strings_against_brute_force():
+    """Random texts, stop-string sets and cuts into deltas over a small alphabet (so prefixes and
+    overlaps abound), against brute force over the text: however it is cut into deltas, the
+    streamed text ends where the first stop string is completed, or is all of it when none is
+    (what was held back as a possible prefix is released at the end)."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        full = "".join(rng.choice("ab\n") for _ in range(rng.randint(0, 14)))
+        stops = ["".join(rng.choice("ab\n") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        cuts = sorted(rng.sample(range(len(full) + 1), min(len(full) + 1, rng.randint(0, 4))))
+        pieces = [full[i:j] for i, j in zip([0] + cuts, cuts + [len(full)])]
+        # as the text grows a character at a time, the first stop string to be complete (the
+        # longest of those completed by the same character) is cut with all that follows
+        done = [(e, e - len(s)) for e in range(len(full) + 1) for s in stops if full[:e].endswith(s)]
+        expected = (full[:min(start for e, start in done if e == done[0][0])], True) if done else (full, False)
+        text, stopped, _ = _stream(stops, pieces)
+        assert (text, stopped) == expected, (full, stops, pieces)

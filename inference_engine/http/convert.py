@@ -65,20 +65,24 @@ def _sampling(body: Body, prompt_len: int, max_tokens: Optional[int], limits: Li
         bias = tuple((int(t), float(b)) for t, b in (body.logit_bias or {}).items())
     except ValueError:
         raise InvalidRequest("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
+    # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response
+    # only); echo alone with max_tokens 0 returns just the prompt, scored without alternatives so the
+    # engine takes max_tokens 0 (it refuses 0 for a request that would return nothing)
+    echo = getattr(body, "echo", False) and not body.stream
+    prompt_logprobs = body.logprobs if body.logprobs is not None or max_tokens else 0
     return SamplingParams(
         max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
         ignore_eos=body.ignore_eos, grammar=grammar,
-        # completions' echo + logprobs also score the prompt (not when streaming: echo is whole-response only)
-        prompt_logprobs=body.logprobs if getattr(body, "echo", False) and not body.stream else None,
+        prompt_logprobs=prompt_logprobs if echo else None,
     )
 
 
 def _grammar(body: Body, tokenizer) -> Optional[str]:
     """A forced tool call's grammar, else response_format's; None: unconstrained."""
     if getattr(body, "forces_tool_call", False):
-        return tools.grammar(tokenizer, body.tools, body.tool_choice, body.parallel_tool_calls)
+        return tools.grammar(tokenizer, body.tools, body.tool_choice, body.parallel_tool_calls is True)
     fmt = getattr(body, "response_format", None)
     return None if fmt is None else fmt.grammar()
 

@@ -31,7 +31,7 @@ def _param_path(loc) -> list[str]:
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none",
-               "TextPart", "RefusalPart", "NamedToolChoice"}  # union members that are models
+               "TextPart", "RefusalPart", "NamedToolChoice", "AllowedToolsChoice"}  # union members that are models
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:

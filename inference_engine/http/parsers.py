@@ -115,7 +115,7 @@ class OutputParser:
                 self.after_call = True
             self.mode = "content"
 
-    def _stream_call(self, out: Parsed, body: str, final: bool) -> bool:
+    def _stream_call(self, out: Parsed, body: str, final: bool, cut: bool = False) -> bool:
         """Emit what is new of the call in `body` (the text after <tool_call>): its head once the
         name is known, then argument text, holding back what may be the object's closing brace.
         False when the call is not in name-then-arguments form (it then goes out whole at close)."""
@@ -133,7 +133,7 @@ class OutputParser:
         # trailing space and the last closing brace (perhaps the call's own) wait for what follows;
         # at the end, that brace is the call's and is dropped
         args = args.rstrip()
-        args = args[:-1] if args.endswith("}") else args
+        args = args[:-1] if args.endswith("}") and not cut else args
         if final:
             args = args.rstrip()
         if len(args) > self.args_sent:
@@ -163,7 +163,25 @@ class OutputParser:
         if self.mode == "reasoning":
             out.reasoning = rest
         elif self.mode == "tool":
-            out.content += TOOL_OPEN + rest
-        else:
+            self._cut_call(out, rest)
+        elif not (self.tools and rest and TOOL_OPEN.startswith(rest)):  # else: a call's open tag, cut
             out.content += rest
         return out
+
+    def _cut_call(self, out: Parsed, body: str) -> None:
+        """A call the output ended inside (max_tokens) goes out with the arguments written so far,
+        as OpenAI returns a call cut by the length limit, and the same streamed or not; one cut
+        before its name is complete is dropped (nothing to call). Never raw markup in content."""
+        body = body[: len(body) - _partial_suffix(body, [TOOL_CLOSE])]
+        try:
+            whole = isinstance(json.loads(body), dict)  # only the close tag is missing
+        except json.JSONDecodeError:
+            whole = False
+        if self.stream_args and self.call_id is not None:
+            self._stream_call(out, body, final=True, cut=not whole)
+        elif whole:
+            out.tool_calls = (out.tool_calls or []) + [tool_call(body, self.num_calls)]
+        elif (head := _HEAD.match(body)) is not None:
+            out.tool_calls = (out.tool_calls or []) + [{
+                "index": self.num_calls, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": body[head.end():].strip()}}]

@@ -179,6 +179,17 @@ class NamedToolChoice(_Lenient):
     function: _FunctionName
 
 
+class _AllowedTools(_Lenient):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(_Lenient):
+    """Only these of `tools` may be called, under `mode` (OpenAI's allowed_tools)."""
+    type: Literal["allowed_tools"]
+    allowed_tools: _AllowedTools
+
+
 class JsonSchemaFormat(_Lenient):
     name: str = Field(default="response", pattern=FUNCTION_NAME)  # OpenAI requires it; llama.cpp does not
     description: Optional[str] = None
@@ -278,8 +289,9 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: Optional[int] = None
     # Kept as the client's dicts (they go to the chat template as sent); only their shape is checked.
     tools: Annotated[Optional[list[_Tool]], WithJsonSchema(_TOOLS_SCHEMA)] = None
-    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
-    parallel_tool_calls: bool = True
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice, AllowedToolsChoice]] = None
+    # unset: a forced call is one call, as llama.cpp's server defaults (OpenAI's default is true): see docs/api.md
+    parallel_tool_calls: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
     reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
@@ -293,11 +305,18 @@ class ChatCompletionRequest(_SamplingFields):
         choice = self.tool_choice
         if choice not in (None, "none", "auto") and not self.tools:
             raise InvalidRequest("tool_choice names tools but the request has none", "tool_choice")
-        if isinstance(choice, NamedToolChoice):
-            names = [t["function"]["name"] for t in self.tools]
-            if choice.function.name not in names:
-                raise InvalidRequest(f"tool_choice names function {choice.function.name!r}, which is not among tools "
+        names = [t["function"]["name"] for t in self.tools or []]
+        named = [choice] if isinstance(choice, NamedToolChoice) else \
+            choice.allowed_tools.tools if isinstance(choice, AllowedToolsChoice) else []
+        for c in named:
+            if c.function.name not in names:
+                raise InvalidRequest(f"tool_choice names function {c.function.name!r}, which is not among tools "
                                      f"({', '.join(names)})", "tool_choice")
+        if isinstance(choice, AllowedToolsChoice):
+            # the model sees and may call only these; then it is plain auto / required over them
+            allowed = {c.function.name for c in named}
+            self.tools = [t for t in self.tools if t["function"]["name"] in allowed]
+            self.tool_choice = choice.allowed_tools.mode
         return self
 
     @property
@@ -322,7 +341,7 @@ class CompletionRequest(_SamplingFields):
     # empty prompt with its own message.
     prompt: Union[str, list[int], list[str], list[list[int]]] = Field(json_schema_extra={"minLength": 1, "minItems": 1})
     echo: bool = False
-    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    logprobs: Optional[int] = Field(default=None, ge=0, le=5)  # OpenAI's limit for completions (vLLM: 20)
 
     @property
     def num_logprobs(self) -> Optional[int]:

@@ -8,7 +8,7 @@ One calling convention everywhere: `<tool_call>\\n{"name": ..., "arguments": {..
   convention, as llama.cpp's "generic" tool format does, and assistant `tool_calls` in history
   are written back in the same convention.
 - `tool_choice: "required"` or a named function becomes an llguidance grammar: one call (or,
-  with `parallel_tool_calls`, several) whose JSON names an allowed function and whose arguments
+  with `parallel_tool_calls: true`, several) whose JSON names an allowed function and whose arguments
   match its `parameters` schema. The engine then enforces it losslessly (engine/grammar.py).
 """
 from __future__ import annotations
@@ -87,7 +87,9 @@ def grammar(tokenizer, tools: Sequence[dict[str, Any]], choice: Any, parallel: b
     # the grammar; elsewhere (SmolLM2) it is plain text
     open_, close = (_tag(tokenizer, t) for t in (OPEN, CLOSE))
     repeat = ' ("\\n" call)*' if parallel and choice == "required" else ""  # a named function: one call
-    lark = (f"start: call{repeat}\n"
+    # the output may end after any complete call, and after the line break models write after one
+    # (as llama.cpp's tool grammars allow trailing space)
+    lark = (f'start: call{repeat} "\\n"?\n'
             f'call: {open_} "\\n" body "\\n" {close}\n'
             f"body: %json {json.dumps(call, ensure_ascii=False)}\n")
     return llguidance.LLMatcher.grammar_from_lark(lark)
