@@ -76,6 +76,19 @@ def rss_bytes(proc: psutil.Process) -> int:
     return total
 
 
+CACHE_GAUGES = ("kakeya_suffix_index_tokens", "kakeya_session_cache_bytes", "kakeya_num_sessions")
+
+
+async def cache_gauges(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """The bounded caches' sizes from the server's /metrics: what RSS growth should follow."""
+    try:
+        text = (await client.get(url + "/metrics", timeout=5)).text
+    except httpx.HTTPError:
+        return {}
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.split(" ", 1)[0] in CACHE_GAUGES}
+
+
 def git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -157,6 +170,7 @@ async def run_load(url: str, proc: psutil.Process, args) -> dict:
     counter = iter(range(10**9))
     rss: dict[str, Optional[int]] = {"first": None, "start": None, "middle": None, "end": None}
     series: list[tuple[float, int]] = []
+    caches: list[tuple[float, dict]] = []
     t0 = time.perf_counter()
     deadline = t0 + args.duration
     tasks = [asyncio.create_task(client_loop(url, args, deadline, stats, counter)) for _ in range(args.clients)]
@@ -171,14 +185,17 @@ async def run_load(url: str, proc: psutil.Process, args) -> dict:
         # "start" comes after a warm-up: the prefix cache (16 entries) and allocator pools fill in the
         # first minute; a leak is growth after that, so drift is end vs start ("first" is also reported)
         warm, mid = t0 + args.warmup_fraction * args.duration, t0 + args.duration / 2
+        scraper = httpx.AsyncClient()
         while not all(t.done() for t in tasks):
             now = time.perf_counter()
             series.append((round(now - t0, 1), rss_bytes(proc)))
+            caches.append((series[-1][0], await cache_gauges(scraper, url)))
             if rss["start"] is None and now >= warm:
                 rss["start"] = series[-1][1]
             if rss["middle"] is None and now >= mid:
                 rss["middle"] = series[-1][1]
             await asyncio.sleep(min(args.sample_every, max(0.05, deadline - now)) if now < deadline else 0.5)
+        await scraper.aclose()
 
     sampler = asyncio.create_task(sample())
     await asyncio.gather(*tasks)
@@ -200,6 +217,7 @@ async def run_load(url: str, proc: psutil.Process, args) -> dict:
         "rss_drift_from_first_pct": pct(rss["first"], rss["end"]), "rss_drift_second_half_pct": pct(rss["middle"], rss["end"]),
         "warmup_s": round(args.warmup_fraction * args.duration, 1),
         "rss_series_mib": [(t, mib(b)) for t, b in series],
+        "cache_series": caches,  # the bounded caches' gauges at each RSS sample
     }
 
 
