@@ -97,6 +97,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.held = ""
         self.stopped = False
+        self.matched: Optional[str] = None  # the stop string that ended the text
 
     def push(self, delta: str) -> str:
         """Returns the text that is safe to emit now; sets `stopped` when a stop string appears."""
@@ -105,10 +106,11 @@ class StopMatcher:
         buf = self.held + delta
         # the first stop string to be completed wins (of those one character completes, the longest),
         # so the answer does not depend on how the text was cut into deltas
-        hits = [(i + len(s), i) for s in self.stops if (i := buf.find(s)) >= 0]
+        hits = [(i + len(s), i, s) for s in self.stops if (i := buf.find(s)) >= 0]
         if hits:
+            _, start, self.matched = min(hits)
             self.stopped, self.held = True, ""
-            return buf[: min(hits)[1]]
+            return buf[:start]
         keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(buf)), 0, -1) if s.startswith(buf[-n:])), default=0)
         self.held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]

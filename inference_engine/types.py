@@ -65,6 +65,7 @@ class Submission:
     tenant: str = ""  # owns sessions; partitions the prefix cache and the suffix index
     request_id: Optional[str] = None
     kv_window: Optional[tuple[int, int]] = None  # (sink, window) of the KV; (0, 0): full; None: the session's or server's
+    session_hint: bool = False  # the session is a cache hint (prompt_cache_key): busy or full → run without it
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
-"""Bad input gets a 4xx in the OpenAI envelope, never a 5xx: a schemathesis pass over the server's
-own /openapi.json (real uvicorn on 127.0.0.1, tiny real Qwen3), and a table of OpenAI's
-per-role message rules."""
+"""Bad input gets a 4xx in the API's error shape (OpenAI's envelope; Anthropic's under
+/v1/messages), never a 5xx: a schemathesis pass over the server's own /openapi.json (real
+uvicorn on 127.0.0.1, tiny real Qwen3), and a table of OpenAI's per-role message rules."""
 from __future__ import annotations
 
 import json
@@ -36,13 +36,15 @@ def _bounded(body):
     """Caps generation length in every generated body without changing its validity."""
     if not isinstance(body, dict):
         return body
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         v = body.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and MAX_NEW < v < CONTEXT_REFUSED:
             body[key] = MAX_NEW
     if ("messages" in body or "prompt" in body) and body.get("max_tokens") is None:
         # Absent or null max_tokens means "up to the context length" (~1000 tokens on the tiny model).
         body["max_tokens"] = MAX_NEW
+    if "input" in body and body.get("max_output_tokens") is None:  # /v1/responses
+        body["max_output_tokens"] = MAX_NEW
     return body
 
 
@@ -68,11 +70,16 @@ def _content_type(response) -> str:
     return value[0] if isinstance(value, list) else value
 
 
-def _assert_openai_error(response) -> None:
-    """Every 4xx carries {"error": {"message", "type", "param", "code"}} with a message and a type."""
+def _assert_error(response, path: str) -> None:
+    """Every 4xx carries OpenAI's {"error": {"message", "type", "param", "code"}}, or under
+    /v1/messages Anthropic's {"type": "error", "error": {"type", "message"}}, with a message and a type."""
     assert _content_type(response).startswith("application/json"), response.text[:200]
-    err = response.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
+    body = response.json()
+    err = body["error"]
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and set(err) == {"type", "message"}, body
+    else:
+        assert set(err) == {"message", "type", "param", "code"}, err
     assert isinstance(err["message"], str) and err["message"] and isinstance(err["type"], str), err
 
 
@@ -97,7 +104,7 @@ def test_fuzz_no_5xx_and_openai_errors(case, live):
     case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                              response_schema_conformance])
     if 400 <= response.status_code < 500:
-        _assert_openai_error(response)
+        _assert_error(response, case.path)
     elif response.status_code == 200:
         _assert_no_inband_server_error(response)
 
@@ -132,7 +139,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
 def test_message_without_required_field_is_400(live, messages, param):
     r = httpx.post(live.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 2}, timeout=30)
     assert r.status_code == 400, r.text
-    _assert_openai_error(r)
+    _assert_error(r, "/v1/chat/completions")
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and param in err["message"]
 
@@ -174,7 +181,7 @@ def test_messages_that_openai_accepts_are_served(live, messages):
 def test_malformed_nested_fields_are_400(live, extra, param):
     r = httpx.post(live.url + "/v1/chat/completions", json={"max_tokens": 2, **extra}, timeout=30)
     assert r.status_code == 400, r.text
-    _assert_openai_error(r)
+    _assert_error(r, "/v1/chat/completions")
     assert r.json()["error"]["param"] == param
 
 

@@ -1,6 +1,7 @@
 """Sessions and the prefix cache over HTTP: real uvicorn, the openai client, raw httpx."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -133,3 +134,36 @@ def test_stop_string_then_next_turn_at_once(smol_loaded):
             r = _complete(server.url, prompt, "stop-chain", stop=stop, max_tokens=24, ignore_eos=True)
             assert r["choices"][0]["finish_reason"] == "stop" and stop not in r["choices"][0]["text"]
     engine.shutdown()
+
+
+def _chat(url, content, **kw):
+    r = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_prompt_cache_key_keeps_a_conversation_warm(live):
+    """OpenAI's prompt_cache_key keeps the conversation's KV as a session: it survives more
+    stateless traffic than the prefix cache holds (16 entries), where the same conversation
+    without the key is prefilled again; as a hint it is never an error (n > 1, concurrent use)."""
+    url, engine = live
+    long = "Tell me about the history of maps and how sailors used them. " * 6
+    for key, survives in (("conversation-7 / user 3", True), (None, False)):
+        extra = {"prompt_cache_key": key} if key else {}
+        first = _chat(url, long + str(survives), **extra)
+        for i in range(20):  # more distinct stateless prompts than the prefix cache keeps
+            _chat(url, f"Unrelated question number {i} about {survives}?", max_tokens=1)
+        again = _chat(url, long + str(survives) + " And compasses?", **extra)
+        cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert (cached >= first["usage"]["prompt_tokens"] - 8) is survives, (key, cached)
+    two = _chat(url, "Hello", n=2, temperature=1.0, prompt_cache_key="shared")  # a hint that cannot apply: ignored
+    assert len(two["choices"]) == 2
+
+    async def together():
+        async with httpx.AsyncClient(timeout=60) as c:
+            body = {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 24,
+                    "temperature": 0, "prompt_cache_key": "busy-key"}
+            return await asyncio.gather(*(c.post(url + "/v1/chat/completions", json=body) for _ in range(3)))
+
+    assert [r.status_code for r in asyncio.run(together())] == [200, 200, 200]  # busy key: the others run without it

@@ -223,3 +223,28 @@ def test_chat_logprobs_carry_openais_refusal_field(live):
                                                     logprobs=True, top_logprobs=1)
     raw = r.choices[0].logprobs.model_dump()
     assert set(raw) == {"content", "refusal"} and raw["refusal"] is None and raw["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_peer_shaped_speculation_stats(live, stream):
+    """llama-server's `timings` and vLLM's `metrics.speculative_decoding` beside our own numbers,
+    each field by the peer's definition: llama's prompt_n + cache_n is the prompt, predicted_n the
+    generated tokens, a rate is n / ms; vLLM's mean acceptance length is 1 + accepted / drafts."""
+    body = {"prompt": "one two three four one two three four one two three four one two", "max_tokens": 16,
+            "temperature": 0, "ignore_eos": True, "speculative": {"method": "ngram", "num_draft_tokens": 4}}
+    if stream:
+        r = httpx.post(live.url + "/v1/completions", timeout=60, json={
+            **body, "stream": True, "stream_options": {"include_usage": True}})
+        out = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")][-1]
+    else:
+        out = httpx.post(live.url + "/v1/completions", timeout=60, json=body).json()
+    usage, t, v = out["usage"], out["timings"], out["metrics"]["speculative_decoding"]
+    assert (t["prompt_n"] + t["cache_n"], t["predicted_n"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert t["predicted_per_second"] == pytest.approx(t["predicted_n"] / (t["predicted_ms"] / 1000), rel=1e-3)
+    assert t["prompt_per_second"] == pytest.approx(t["prompt_n"] / (t["prompt_ms"] / 1000), rel=1e-3)
+    spec = usage["speculative"]
+    assert (t["draft_n"], t["draft_n_accepted"]) == (spec["draft_tokens"], spec["accepted_tokens"]) and t["draft_n"] > 0
+    assert (v["num_spec_steps"], v["num_draft_tokens"], v["num_accepted_tokens"]) == (
+        spec["drafts"], spec["draft_tokens"], spec["accepted_tokens"])
+    assert v["mean_acceptance_length"] == pytest.approx(1 + spec["accepted_tokens"] / spec["drafts"], abs=1e-4)
+    assert v["draft_acceptance_rate"] == pytest.approx(spec["accepted_tokens"] / spec["draft_tokens"], abs=1e-4)

@@ -205,6 +205,74 @@ def test_inv2_through_the_engine(tiny_loaded):
         assert llm.core.sessions.total_bytes <= 200_000
 
 
+def test_inv2_lru_across_tenants_against_a_reference(tiny_llm):
+    """Sessions and prefix entries of three API keys under one byte budget, exceeded again and
+    again by random turns: after every operation the entries that keep their KV are exactly those a
+    brute-force LRU written here keeps (least recently used first; an evicted session keeps its
+    history, an evicted prefix entry goes; at most max_prefix_entries prefixes), the budget holds,
+    and no key sees another's session or prefix."""
+    import random
+    from collections import OrderedDict
+
+    verifier, rng = tiny_llm.core.verifier, random.Random(3)
+
+    def cache_of(tokens):
+        c = verifier.new_cache()
+        verifier.forward(c, tokens, 1)
+        return c
+
+    unit = cache_of(TURN1[:-1]).nbytes
+    store = SessionStore(max_bytes=4 * unit, max_prefix_entries=3)
+    ref: "OrderedDict[tuple, int]" = OrderedDict()  # key → KV bytes (0: history only), oldest first
+
+    def evict():
+        total = sum(ref.values())
+        for key in list(ref):
+            if total <= store.max_bytes:
+                break
+            if ref[key]:
+                total -= ref[key]
+                if key[0] == "p":
+                    del ref[key]
+                else:
+                    ref[key] = 0
+
+    tenants, words = ["", "key-a", "key-b"], {"": 300, "key-a": 600, "key-b": 900}  # disjoint token ids
+    evictions = puts = 0
+    for step in range(60):
+        tenant = rng.choice(tenants)
+        tokens = [words[tenant] + rng.randrange(50) for _ in range(rng.randint(4, 40))]
+        if rng.random() < 0.7:
+            sid = f"s{rng.randrange(3)}"
+            s = store.check_out(sid, tenant=tenant, create=True)
+            history = s.history + tokens
+            cache = cache_of(history[:-1])
+            ref[("s", tenant, sid)] = cache.nbytes
+            ref.move_to_end(("s", tenant, sid))
+            store.check_in(s, history, cache)
+        else:
+            cache = cache_of(tokens[:-1])
+            store.put_prefix(tokens, cache, tenant=tenant)
+            ref[("p", tenant, puts)] = cache.nbytes  # the store numbers its prefix entries in order
+            puts += 1
+            prefixes = [k for k in ref if k[0] == "p"]
+            for k in prefixes[: max(0, len(prefixes) - store.max_prefix_entries)]:
+                del ref[k]
+        before = sum(1 for b in ref.values() if b)
+        evict()
+        evictions += before - sum(1 for b in ref.values() if b)
+        assert {k for k, e in store._entries.items() if e.cache is not None} == {k for k, b in ref.items() if b}, step
+        assert set(store._entries) == set(ref) and store.total_bytes == sum(ref.values()) <= store.max_bytes
+    assert evictions > 10  # the budget was exceeded again and again
+    shared = [5, 6, 7, 8, 9, 10]
+    store.put_prefix(shared, cache_of(shared[:-1]), tenant="key-a")
+    assert store.take_prefix(shared, tenant="key-b")[1] == 0 and store.take_prefix(shared, tenant="")[1] == 0
+    assert store.take_prefix(shared, tenant="key-a")[1] == len(shared) - 1
+    store.create(session_id="mine", tenant="key-a")
+    with pytest.raises(SessionNotFound):
+        store.get("mine", tenant="key-b")
+
+
 def test_ttl_expiry_and_capacity():
     clock = Clock()
     store = SessionStore(max_bytes=1 << 20, ttl_seconds=10, max_sessions=2, clock=clock)
@@ -221,6 +289,23 @@ def test_ttl_expiry_and_capacity():
     store.check_out(b)
     clock.now = 100
     assert b not in store.expire()  # a busy session never expires
+
+
+def test_hint_sessions_make_room_for_named_ones():
+    """Sessions made for a cache hint (prompt_cache_key) never take a client's place: at capacity the
+    least recently used idle one is forgotten; a busy one, or a named one, never is."""
+    store = SessionStore(max_sessions=2)
+    store.check_out("pck-a", create=True, hint=True)  # busy: kept
+    store.create(session_id="pck-b", hint=True)
+    store.create(session_id="named-1")  # full: the idle hint goes
+    with pytest.raises(SessionNotFound):
+        store.get("pck-b")
+    with pytest.raises(TooManySessions):  # the busy hint and a named session remain
+        store.create(session_id="named-2")
+    a = store.get("pck-a")
+    store.check_in(a, [1, 2], None)
+    store.create(session_id="named-2")
+    assert {store.get(n).session_id for n in ("named-1", "named-2")} == {"named-1", "named-2"}
 
 
 def test_busy_not_found_and_empty_history(tiny_llm):

@@ -46,6 +46,7 @@ class Session:
     anonymous: bool = False  # a prefix-cache entry, not a client's session
     tenant: str = ""         # the API key (hashed) that owns it
     kv_window: Optional[tuple[int, int]] = None  # its requests' default (sink, window) (gRPC CreateSession); (0, 0): full
+    hint: bool = False  # made for a cache hint (prompt_cache_key): the first to go when sessions are full
 
     @property
     def kv_length(self) -> int:
@@ -84,15 +85,15 @@ class SessionStore:
     # -- client sessions -------------------------------------------------------
 
     def create(self, eos_ids: Sequence[int] = (), label: str = "", session_id: Optional[str] = None,
-               tenant: str = "", kv_window: Optional[tuple[int, int]] = None) -> Session:
+               tenant: str = "", kv_window: Optional[tuple[int, int]] = None, hint: bool = False) -> Session:
         with self._lock:
             self.expire()
-            if self.num_sessions >= self.max_sessions:
+            if self.num_sessions >= self.max_sessions and not self._drop_a_hint():
                 raise TooManySessions(f"session capacity reached ({self.max_sessions}); close a session or retry later")
             sid = session_id or f"sess-{uuid.uuid4().hex}"  # 128 random bits: not guessable
             if ("s", tenant, sid) in self._entries:
                 raise SessionBusy(f"session {sid!r} already exists", "session_id")
-            s = Session(sid, tuple(eos_ids), label, last_used=self.clock(), tenant=tenant, kv_window=kv_window)
+            s = Session(sid, tuple(eos_ids), label, last_used=self.clock(), tenant=tenant, kv_window=kv_window, hint=hint)
             self._entries[("s", tenant, sid)] = s
             return s
 
@@ -104,18 +105,26 @@ class SessionStore:
                 raise SessionNotFound(f"session {session_id!r} does not exist (closed, expired or never created)", "session_id")
             return s
 
-    def get_or_create(self, session_id: str, tenant: str = "") -> Session:
+    def _drop_a_hint(self) -> bool:
+        """Forget the least recently used idle hint session (its conversation prefills again)."""
+        for key, s in self._entries.items():
+            if s.hint and not s.busy:
+                del self._entries[key]
+                return True
+        return False
+
+    def get_or_create(self, session_id: str, tenant: str = "", hint: bool = False) -> Session:
         """HTTP sessions are named by the client: the first request with a new id creates it."""
         with self._lock:
             try:
                 return self.get(session_id, tenant)
             except SessionNotFound:
-                return self.create(session_id=session_id, tenant=tenant)
+                return self.create(session_id=session_id, tenant=tenant, hint=hint)
 
-    def idle(self, session_id: str, then: str, create: bool = False, tenant: str = "") -> Session:
+    def idle(self, session_id: str, then: str, create: bool = False, tenant: str = "", hint: bool = False) -> Session:
         """The session, refused with SessionBusy while a generate runs on it; `then` says what the client may do."""
         with self._lock:
-            s = self.get_or_create(session_id, tenant) if create else self.get(session_id, tenant)
+            s = self.get_or_create(session_id, tenant, hint) if create else self.get(session_id, tenant)
             if s.busy:
                 raise SessionBusy(f"session {session_id!r} already has a generate in progress; {then}", "session_id")
             return s
@@ -130,9 +139,9 @@ class SessionStore:
             s.last_used = self.clock()
             return len(s.history)
 
-    def check_out(self, session_id: str, tenant: str = "", create: bool = False) -> Session:
+    def check_out(self, session_id: str, tenant: str = "", create: bool = False, hint: bool = False) -> Session:
         with self._lock:
-            s = self.idle(session_id, "wait for it to finish or cancel it", create, tenant)
+            s = self.idle(session_id, "wait for it to finish or cancel it", create, tenant, hint)
             s.busy = True
             return s
 

@@ -13,7 +13,7 @@ from kv_cache_proposer.base import Draft
 from ..cache.kv_cache import KVWindow
 from ..cache.session_store import Session, SessionStore, common_prefix
 from ..config import EngineConfig
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, SessionBusy, TooManySessions
 from ..types import FinishReason, SpecStats, StepStats, Submission, TokenCallback, TokenLogprob
 from .acceptance import Acceptance, accept_greedy, accept_sampled
 from .grammar import Grammar, GrammarCompiler
@@ -63,7 +63,12 @@ class EngineCore:
         grammar = self._grammar(sampling.grammar)
         self.scheduler.check_capacity()  # Overloaded before any session is touched
         if sub.session_id is not None:
-            session = self.sessions.check_out(sub.session_id, sub.tenant, create=sub.create_session)  # SessionBusy
+            try:
+                session = self.sessions.check_out(sub.session_id, sub.tenant, sub.create_session, sub.session_hint)
+            except (SessionBusy, TooManySessions):
+                if not sub.session_hint:
+                    raise
+                session = None  # a cache hint is never an error: this request runs without it
         stop = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else self.eos_ids)
         if session is not None:
             stop |= frozenset(session.eos_ids)

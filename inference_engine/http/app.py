@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import asyncio
-from typing import Awaitable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,7 +17,14 @@ from ..errors import EngineDead, ModelNotFound, ShuttingDown
 from ..metrics import Metrics, engine_metrics
 from ..types import Submission
 from . import convert, errors, openapi
+from .anthropic import convert as anthropic_convert
+from .anthropic.render import Message
+from .anthropic.schemas import CountTokensRequest, MessagesRequest
 from .generation import ChoiceEnd, run_choice
+from .responses_api import convert as responses_convert
+from .responses_api.render import ResponseRender
+from .responses_api.schemas import ResponsesRequest
+from .responses_api.store import ResponseStore, Stored
 from .middleware import COUNTED, BodyLimit, CountRefusals, RequestId
 from .openapi import RESPONSES
 from .responses import Completion, session_info
@@ -37,6 +44,7 @@ class ServerState:
         self.metrics: Optional[Metrics] = None
         self.draining = False
         self.load_error: Optional[str] = None
+        self.responses = ResponseStore()  # /v1/responses stored with store: true
         if engine is not None:
             self.attach(engine)
 
@@ -104,19 +112,77 @@ def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
         _check_model(engine, model_id)
         return await _model_card(engine)
 
+    def auth_anthropic(request: Request) -> str:
+        """As `auth`, with Anthropic's `x-api-key` header accepted as well."""
+        key = request.headers.get("x-api-key")
+        if key and state.config.api_keys:
+            return check_bearer(f"Bearer {key}", state.config.api_keys, "`x-api-key: <key>`")
+        return auth(request)
+
     @app.post("/v1/chat/completions", responses=RESPONSES["chat"])
     async def chat(body: ChatCompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
+        render = _openai(body, engine, chat=True)
         return await _complete(state, engine, body, [convert.chat_prompt(body, engine.tokenizer)], request, tenant,
-                               chat=True)
+                               "/v1/chat/completions", render)
 
     @app.post("/v1/completions", responses=RESPONSES["completions"])
     async def completions(body: CompletionRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
         return await _complete(state, engine, body, convert.completion_prompts(body, engine.tokenizer), request, tenant,
-                               chat=False)
+                               "/v1/completions", _openai(body, engine, chat=False))
+
+    @app.post("/v1/responses", responses=RESPONSES["responses"])
+    async def create_response(body: ResponsesRequest, request: Request, tenant: str = Depends(auth)):
+        engine = state.ready()
+        _check_model(engine, body.model)
+        previous = None if body.previous_response_id is None else \
+            state.responses.get(body.previous_response_id, tenant, "previous_response_id")
+        items = responses_convert.input_items(body)
+        conversation = (previous.conversation if previous else []) + items
+        key = responses_convert.cache_key(body, previous)
+        chat = responses_convert.to_chat(body, conversation, key)
+        tools = bool(chat.tools) and chat.tool_choice != "none"
+
+        def stored(response: dict) -> None:
+            if body.store:
+                state.responses.put(response["id"], Stored(tenant, response, items, conversation + response["output"], key))
+
+        return await _complete(state, engine, chat, [convert.chat_prompt(chat, engine.tokenizer)], request, tenant,
+                               "/v1/responses", lambda prompt_len, n: ResponseRender(
+                                   engine.info.name, prompt_len, engine.tokenizer, tools, body, stored))
+
+    @app.get("/v1/responses/{response_id}", responses=RESPONSES["response"])
+    async def get_response(response_id: str, tenant: str = Depends(auth)):
+        return state.responses.get(response_id, tenant).response
+
+    @app.delete("/v1/responses/{response_id}", responses=RESPONSES["response_deleted"])
+    async def delete_response(response_id: str, tenant: str = Depends(auth)):
+        state.responses.delete(response_id, tenant)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    @app.get("/v1/responses/{response_id}/input_items", responses=RESPONSES["input_items"])
+    async def response_input_items(response_id: str, tenant: str = Depends(auth)):
+        items = state.responses.get(response_id, tenant).input_items
+        return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+                "last_id": items[-1]["id"] if items else None, "has_more": False}
+
+    @app.post("/v1/messages", responses=RESPONSES["messages"])
+    async def messages(body: MessagesRequest, request: Request, tenant: str = Depends(auth_anthropic)):
+        engine = state.ready()
+        _check_model(engine, body.model)
+        chat = anthropic_convert.to_chat(body)
+        tools = bool(chat.tools) and chat.tool_choice != "none"
+        return await _complete(state, engine, chat, [convert.chat_prompt(chat, engine.tokenizer)], request, tenant,
+                               "/v1/messages", lambda prompt_len, n: Message(engine.info.name, prompt_len, tools))
+
+    @app.post("/v1/messages/count_tokens", responses=RESPONSES["count_tokens"])
+    async def count_tokens(body: CountTokensRequest, tenant: str = Depends(auth_anthropic)):
+        engine = state.ready()
+        _check_model(engine, body.model)
+        return {"input_tokens": len(convert.chat_prompt(anthropic_convert.to_chat(body), engine.tokenizer))}
 
     @app.post("/v1/sessions", responses=RESPONSES["session"])
     async def create_session(tenant: str = Depends(auth)):
@@ -149,11 +215,17 @@ def _check_model(engine: Engine, model: Optional[str]) -> None:
         raise ModelNotFound(f"the model '{model}' does not exist; this server serves '{engine.info.name}'", "model")
 
 
+def _openai(body: convert.Body, engine: Engine, chat: bool) -> Callable[[int, int], Completion]:
+    parse_tools = chat and bool(body.tools) and body.tool_choice != "none"
+    return lambda prompt_len, n: Completion(chat, engine.info.name, prompt_len, n, engine.tokenizer, parse_tools,
+                                            body.num_logprobs is not None, body.return_token_ids)
+
+
 async def _complete(state: ServerState, engine: Engine, body: convert.Body, prompts: list[list[int]], request: Request,
-                    tenant: str, chat: bool):
+                    tenant: str, endpoint: str, render: Callable[[int, int], Any]):
     """Choices for each prompt (a batch on /v1/completions), `n` each, in OpenAI's order:
-    choice index = prompt index × n + j."""
-    endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    choice index = prompt index × n + j; `render(prompt_len, n)` shapes them for the endpoint's API."""
+    chat = endpoint != "/v1/completions"
     t0 = time.perf_counter()
 
     def record(ends: list[ChoiceEnd], status: int = 200, reason: Optional[str] = None) -> None:
@@ -171,9 +243,7 @@ async def _complete(state: ServerState, engine: Engine, body: convert.Body, prom
     # which replica served it, in a cluster (`kakeya cluster`): the owner of a session's KV
     replicas = sorted({r for s in streams if (r := getattr(s, "replica", None))})
     headers = {"x-kakeya-replica": ",".join(replicas)} if replicas else None
-    parse_tools = chat and bool(body.tools) and body.tool_choice != "none"
-    out = Completion(chat, engine.info.name, prompt_tokens, len(streams), engine.tokenizer, parse_tools,
-                     body.num_logprobs is not None, body.return_token_ids)
+    out = render(prompt_tokens, len(streams))
     choices = [run_choice(s, engine.tokenizer, body.stop_list) for s in streams]
 
     echo = [engine.tokenizer.decode(p) if not chat and body.echo else "" for p in prompts for _ in range(body.n)]
@@ -203,8 +273,9 @@ async def _complete(state: ServerState, engine: Engine, body: convert.Body, prom
             raise
         except Exception as e:  # noqa: BLE001 - after headers are sent, errors travel in-band
             record([], getattr(e, "http_status", 500))
-            yield {"event": "error", "data": errors.sse_error(e)}
-        yield {"data": "[DONE]"}
+            yield out.error_event(e)
+        if out.last_event is not None:
+            yield out.last_event
 
     # LF LF between events: many hand-written clients split the stream on "\n\n"
     return _Events(events(), streams, ping=state.config.keepalive_seconds, sep="\n", headers=headers)

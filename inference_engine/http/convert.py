@@ -2,6 +2,7 @@
 protobuf): the prompt token ids, one Submission per choice. responses.py goes the other way."""
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Optional, Union
 
 from ..engine.validation import Limits
@@ -51,10 +52,19 @@ def submissions(body: Body, prompts: list[list[int]], chat: bool, headers: Mappi
     session = body.session_id or screen.session_id(headers.get("x-session-id"), "X-Session-Id")
     if session is not None and len(slots) != 1:
         raise InvalidRequest("a session continues one conversation: one prompt and n = 1 with session_id", "n")
+    key = getattr(body, "prompt_cache_key", None)
+    hint = session is None and key is not None and len(slots) == 1  # n > 1: a hint that cannot apply
+    if hint:
+        session = cache_session(key)
     window = None if body.kv_window is None else (body.kv_window.sink, body.kv_window.window)
     spec, grammar, limit = _spec(body, limits.default_spec), _grammar(body, tokenizer), max_tokens(body, chat)
     return [Submission(prompt, _sampling(body, len(prompt), limit, limits, grammar, i), spec, session, True, tenant,
-                       kv_window=window) for i, prompt in enumerate(slots)]
+                       kv_window=window, session_hint=hint) for i, prompt in enumerate(slots)]
+
+
+def cache_session(key: str) -> str:
+    """The session a prompt_cache_key keeps its conversation in (any text → a valid session id)."""
+    return "pck-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _sampling(body: Body, prompt_len: int, max_tokens: Optional[int], limits: Limits, grammar: Optional[str],

@@ -28,6 +28,7 @@ class ChoiceEnd:
     token_ids: list[int] = field(default_factory=list)  # generated ids (a stop string may end mid-token)
     prompt_logprobs: Optional[list] = None  # per prompt token (the first: None), when requested
     timings: Optional[Timings] = None  # the engine's queue / prefill / decode times
+    stop_sequence: Optional[str] = None  # the stop string that ended it, if one did
 
 
 Piece = Union[Delta, ChoiceEnd]
@@ -66,7 +67,7 @@ async def run_choice(stream: RequestStream, tokenizer, stops: Sequence[str]) -> 
                 result = await stream.abort()
                 spec, cached = (result.spec, result.usage.cached_tokens) if result else (SpecStats(), 0)
                 yield ChoiceEnd("stop", len(ids), spec, first, gaps, cached, ids, result.prompt_logprobs if result else None,
-                                result.timings if result else None)
+                                result.timings if result else None, matcher.matched)
                 return
     finally:
         stream.cancel()  # at once, even if this task is being cancelled

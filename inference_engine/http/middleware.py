@@ -53,7 +53,7 @@ class BodyLimit:
         length = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             e = PayloadTooLarge(f"request body is {int(length)} bytes; the limit is {self.limit}")
-            return await errors.engine_error_response(e)(scope, receive, send)
+            return await errors.engine_error_response(e, scope.get("path", ""))(scope, receive, send)
         seen = 0
 
         async def counting_receive():

@@ -72,6 +72,58 @@ class TextCompletionResponse(_Open):
     system_fingerprint: str
 
 
+class AnthropicErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: Literal["error"]
+    error: AnthropicErrorBody
+
+
+class AnthropicUsage(_Open):
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+
+
+class AnthropicMessage(_Open):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+    stop_sequence: Optional[str]
+    usage: AnthropicUsage
+
+
+class ResponseObject(_Open):
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    model: str
+    output: list[dict[str, Any]]
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: bool
+
+
+class InputItems(_Open):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
 class ModelCard(_Open):
     id: str
     object: Literal["model"]
@@ -113,9 +165,19 @@ SSE = {"text/event-stream": {"schema": {  # one server-sent event: `data: {chunk
     "type": "object", "required": ["data"], "description": "`data: {chunk}` events, then `data: [DONE]`",
     "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
 COMPLETION = {**_errors(400, 401, 404, 409, 413, 429, 503)}
+ANTHROPIC = {s: {"model": AnthropicError, "description": "Anthropic error shape"} for s in (400, 401, 404, 409, 413, 429, 503)}
+ANTHROPIC_SSE = {"text/event-stream": {"schema": {  # typed events: `event: message_start`, `event: response.created`, …
+    "type": "object", "required": ["event", "data"], "description": "typed events (`event:` then `data:`)",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}}
 RESPONSES = {
     "chat": {200: {"model": ChatCompletionResponse, "content": SSE}, **COMPLETION},
     "completions": {200: {"model": TextCompletionResponse, "content": SSE}, **COMPLETION},
+    "responses": {200: {"model": ResponseObject, "content": ANTHROPIC_SSE}, **COMPLETION},
+    "response": {200: {"model": ResponseObject}, **_errors(401, 404)},
+    "response_deleted": {200: {"model": ResponseDeleted}, **_errors(401, 404)},
+    "input_items": {200: {"model": InputItems}, **_errors(401, 404)},
+    "messages": {200: {"model": AnthropicMessage, "content": ANTHROPIC_SSE}, **ANTHROPIC},
+    "count_tokens": {200: {"model": TokenCount}, **{s: ANTHROPIC[s] for s in (400, 401, 404, 413, 503)}},
     "models": {200: {"model": ModelList}, **_errors(401, 503)},
     "model": {200: {"model": ModelCard}, **_errors(401, 404, 503)},
     "session": {200: {"model": SessionResponse}, **_errors(401, 404, 409, 429, 503)},
@@ -131,11 +193,12 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for path in doc.get("paths", {}).values():
+            for url, path in doc.get("paths", {}).items():
+                error = "AnthropicError" if url.startswith("/v1/messages") else "ErrorResponse"
                 for op in path.values():
                     if isinstance(op, dict) and op.get("responses", {}).pop("422", None) is not None:
-                        op["responses"].setdefault("400", {"description": "OpenAI error envelope", "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+                        op["responses"].setdefault("400", {"description": "error", "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{error}"}}}})
             schemas = doc.get("components", {}).get("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)

@@ -155,6 +155,11 @@ class OutputParser:
         self.blank = ""
         self.started = self.started or bool(text.strip())
 
+    def parse_all(self, text: str) -> Parsed:
+        """A whole output at once: push, then flush, joined."""
+        a, b = self.push(text), self.flush()
+        return Parsed(a.content + b.content, a.reasoning + b.reasoning, (a.tool_calls or []) + (b.tool_calls or []))
+
     def flush(self) -> Parsed:
         """End of output: an unclosed block is returned as what it was (reasoning, or raw text)."""
         out, rest, self.buf = Parsed(), self.buf, ""

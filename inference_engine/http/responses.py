@@ -13,7 +13,8 @@ from typing import AsyncIterator, Callable, Optional
 from ..engine.request_stream import SessionInfo
 from ..types import SpecStats, TokenLogprob
 from .generation import ChoiceEnd, Delta, Piece, merge_choices
-from .parsers import OutputParser, Parsed
+from .errors import sse_error
+from .parsers import OutputParser
 
 
 def spec_dict(spec: SpecStats) -> dict:
@@ -31,6 +32,28 @@ def session_info(s: SessionInfo) -> dict:
         "kv_cached_tokens": s.kv_cached_tokens, "kv_bytes": s.kv_bytes, "idle_seconds": round(s.idle_seconds, 3),
         "busy": s.busy, "speculative": spec_dict(s.stats),
     }
+
+
+def peer_stats(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
+    """The same request's numbers in the shapes tools written for the peers read: llama-server's
+    `timings` and vLLM's speculative-decoding summary (`metrics.speculative_decoding`)."""
+    spec = SpecStats()
+    for e in ends:
+        spec.add(e.spec)
+    cached = max((e.cached_tokens for e in ends), default=0)
+    predicted = sum(e.completion_tokens for e in ends)
+    prompt_s = max((e.timings.prefill for e in ends if e.timings), default=0.0)
+    decode_s = max((e.timings.decode for e in ends if e.timings), default=0.0)
+    per_s = lambda n, s: round(n / s, 3) if s > 0 else None  # noqa: E731
+    timings = {"cache_n": cached, "prompt_n": prompt_len - cached, "prompt_ms": round(prompt_s * 1e3, 3),
+               "prompt_per_second": per_s(prompt_len - cached, prompt_s), "predicted_n": predicted,
+               "predicted_ms": round(decode_s * 1e3, 3), "predicted_per_second": per_s(predicted, decode_s),
+               "draft_n": spec.draft_tokens, "draft_n_accepted": spec.accepted_tokens}
+    vllm = {"num_spec_steps": spec.drafts, "num_draft_tokens": spec.draft_tokens,
+            "num_accepted_tokens": spec.accepted_tokens,
+            "mean_acceptance_length": round(1 + spec.accepted_tokens / spec.drafts, 4) if spec.drafts else None,
+            "draft_acceptance_rate": round(spec.accepted_tokens / spec.draft_tokens, 4) if spec.draft_tokens else None}
+    return {"timings": timings, "metrics": {"speculative_decoding": vllm}}
 
 
 SYSTEM_FINGERPRINT = "kakeya"  # OpenAI's field for "the backend configuration"; constant here
@@ -125,7 +148,8 @@ class Completion:
                 c["token_ids"] = e.token_ids
         obj = "chat.completion" if self.chat else "text_completion"
         body = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
-                "usage": self._usage(done), "system_fingerprint": SYSTEM_FINGERPRINT, "service_tier": "default"}
+                "usage": self._usage(done), "system_fingerprint": SYSTEM_FINGERPRINT, "service_tier": "default",
+                **peer_stats(self.prompt_len, done)}
         return body, done
 
     def _choice(self, i: int, text: str, lps: list[TokenLogprob], end: ChoiceEnd, echo: str) -> dict:
@@ -135,8 +159,7 @@ class Completion:
             if echo and logprobs is not None and end.prompt_logprobs is not None:
                 logprobs = self._with_prompt(end.prompt_logprobs, logprobs)
             return {"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": finish}
-        parser = self.parsers[i]
-        p = _join(parser.push(text), parser.flush())
+        p = self.parsers[i].parse_all(text)
         message: dict = {"role": "assistant", "content": p.content if (p.content or not p.tool_calls) else None,
                          "refusal": None}
         if p.reasoning:  # vLLM and Ollama name it `reasoning`, older clients read `reasoning_content`
@@ -149,13 +172,20 @@ class Completion:
 
     # -- streaming ------------------------------------------------------------------
 
-    def chunk(self, choices: list, usage_: Optional[dict] = None) -> dict:
+    last_event = {"data": "[DONE]"}
+
+    @staticmethod
+    def error_event(e: BaseException) -> dict:
+        """An error after the headers went out travels in-band."""
+        return {"event": "error", "data": sse_error(e)}
+
+    def chunk(self, choices: list, usage_: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
         out = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                "created": self.created, "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT,
                "service_tier": "default", "choices": choices}
         if usage_ is not None or self.include_usage:  # with include_usage, null on every chunk but the last
             out["usage"] = usage_
-        return {"data": json.dumps(out, ensure_ascii=False)}
+        return {"data": json.dumps({**out, **(extra or {})}, ensure_ascii=False)}
 
     async def stream(self, streams: list[AsyncIterator[Piece]], include_usage: bool,
                      on_done: Callable[[list[ChoiceEnd]], None], echo: Optional[list[str]] = None) -> AsyncIterator[dict]:
@@ -185,7 +215,7 @@ class Completion:
             delta = {"delta": {}} if self.chat else {"text": ""}
             yield self.chunk([{"index": i, **delta, "logprobs": None, "finish_reason": finish}])
         if include_usage:
-            yield self.chunk([], self._usage(ends))
+            yield self.chunk([], self._usage(ends), peer_stats(self.prompt_len, ends))
         on_done(ends)
 
     def _delta_choices(self, i: int, piece: Delta, called_tools: list[bool], final: bool = False) -> list[dict]:
@@ -208,7 +238,3 @@ class Completion:
         return [{"index": i, "delta": d, "logprobs": lp if j == 0 else None, "finish_reason": None}
                 for j, d in enumerate(out)]
 
-
-def _join(a: Parsed, b: Parsed) -> Parsed:
-    calls = (a.tool_calls or []) + (b.tool_calls or [])
-    return Parsed(a.content + b.content, a.reasoning + b.reasoning, calls or None)

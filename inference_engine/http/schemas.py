@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import llguidance
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidRequest
@@ -31,6 +31,25 @@ UNSUPPORTED = {
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class Screened(_Lenient):
+    """A request body of any of the APIs: the hostile-input table first (screen.py), then an explicit
+    null read as "the default" (as OpenAI reads it: the openai client sends `temperature=None` as
+    null), then the fields this API refuses by name (`_refuse`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            screen.screen(data)
+            data = {k: v for k, v in data.items() if v is not None}
+            cls._refuse(data)
+        return data
+
+    @classmethod
+    def _refuse(cls, data: dict) -> None:
+        """Raise InvalidRequest naming a field this API does not implement; log unknown ones."""
 
 
 def _refuse_unsupported(data: dict, model: type) -> None:
@@ -132,6 +151,7 @@ class ChatMessage(_Lenient):
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None
     refusal: Optional[str] = None  # an assistant turn that refused, as the openai client sends it back
+    reasoning_content: Optional[str] = None  # an assistant turn's reasoning (Qwen3's template may render it)
     tool_call_id: Optional[str] = Field(default=None, validate_default=True)
     content: Optional[Union[str, list[Union[TextPart, RefusalPart]]]] = Field(default=None, validate_default=True)
 
@@ -162,7 +182,7 @@ class ChatMessage(_Lenient):
             "".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
         msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
                                "content": content or self.refusal or ""}
-        for key in ("name", "tool_call_id"):
+        for key in ("name", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
                 msg[key] = getattr(self, key)
         if self.tool_calls is not None:
@@ -241,7 +261,7 @@ class KVWindowOptions(_Lenient):
     window: int = Field(ge=0)
 
 
-class _SamplingFields(_Lenient):
+class _SamplingFields(Screened):
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -263,16 +283,9 @@ class _SamplingFields(_Lenient):
     return_token_ids: bool = False  # extension (as vLLM): each choice carries its generated token ids
     ignore_eos: bool = False        # extension (as vLLM): generate max_tokens whatever the model says
 
-    @model_validator(mode="before")
     @classmethod
-    def _screen(cls, data: Any) -> Any:
-        """The hostile-input table (screen.py) first; then an explicit null means "the default",
-        as OpenAI reads it (the openai client sends `temperature=None` as null)."""
-        if isinstance(data, dict):
-            screen.screen(data)
-            data = {k: v for k, v in data.items() if v is not None}
-            _refuse_unsupported(data, cls)
-        return data
+    def _refuse(cls, data: dict) -> None:
+        _refuse_unsupported(data, cls)
 
     @field_validator("session_id")
     @classmethod
@@ -297,6 +310,8 @@ class ChatCompletionRequest(_SamplingFields):
     chat_template_kwargs: Optional[dict[str, Any]] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    # OpenAI's caching hint: keeps this conversation's KV as a session (docs/api.md); never an error
+    prompt_cache_key: Optional[str] = Field(default=None, min_length=1, max_length=1024)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
@@ -334,6 +349,17 @@ class ChatCompletionRequest(_SamplingFields):
     @property
     def num_logprobs(self) -> Optional[int]:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def chat_request(data: dict[str, Any], param: str) -> ChatCompletionRequest:
+    """The chat request another API's body converts to (Responses, Anthropic Messages): a conversation
+    chat would not take is that body's 400 at `param`, not a 500."""
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidRequest(f"{param} does not make a valid conversation ({where}: {err['msg']})", param) from None
 
 
 class CompletionRequest(_SamplingFields):

@@ -7,7 +7,11 @@ strict mode is used, so a number sent as a string or a null where the spec has n
 Two places where the published types are stricter than OpenAI's API itself, and we follow the
 API: a streamed legacy completion has `finish_reason: null` until its last chunk (the type says
 non-null; those nulls are filled in before validating), and an echoed prompt's first token has
-a `null` logprob (nothing precedes it; not exercised here, see test_openai_contract.py)."""
+a `null` logprob (nothing precedes it; not exercised here, see test_openai_contract.py).
+
+These check types only (hence the names): whether a stop string, a tool call or a schema did
+what it should is tested against references elsewhere (test_http_server, test_tool_calls,
+test_structured_output)."""
 from __future__ import annotations
 
 import json
@@ -49,7 +53,7 @@ def _events(text: str) -> list[dict]:
 
 @pytest.mark.parametrize("name", CHAT)
 @pytest.mark.parametrize("stream", [False, True])
-def test_chat_responses_match_openai_types(live, name, stream):
+def test_chat_response_types_only(live, name, stream):
     body = {"messages": USER, "max_tokens": 24, **CHAT[name], "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -66,7 +70,7 @@ def test_chat_responses_match_openai_types(live, name, stream):
 
 @pytest.mark.parametrize("name", COMPLETION)
 @pytest.mark.parametrize("stream", [False, True])
-def test_completion_responses_match_openai_types(live, name, stream):
+def test_completion_response_types_only(live, name, stream):
     body = {"max_tokens": 8, **COMPLETION[name], "stream": stream}
     r = httpx.post(live.url + "/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
@@ -78,7 +82,7 @@ def test_completion_responses_match_openai_types(live, name, stream):
     assert any(c["finish_reason"] == "length" for item in items for c in item["choices"])
 
 
-def test_models_match_openai_types(live):
+def test_model_list_types_only(live):
     listed = httpx.get(live.url + "/v1/models").json()
     assert listed["object"] == "list"
     for card in listed["data"]:
