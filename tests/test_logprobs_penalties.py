@@ -33,8 +33,9 @@ def test_logprobs_are_the_verifiers(tiny_llm):
     ref = logits.log_softmax(-1)
     for i, t in enumerate(out.logprobs):
         assert t.logprob == pytest.approx(float(ref[i, t.token_id]), abs=1e-4)
-        assert len(t.top) == 3 and t.top[0][0] == t.token_id  # greedy: the chosen token is the top one
-        assert t.top[0][1] >= t.top[1][1] >= t.top[2][1]
+        top = ref[i].topk(3)  # the alternatives: transformers' three most likely, in order
+        assert [a for a, _ in t.top] == top.indices.tolist() and t.top[0][0] == t.token_id
+        assert [b for _, b in t.top] == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
 @pytest.mark.parametrize("method,k", [("ngram", 4), ("suffix", 8)])
@@ -44,8 +45,13 @@ def test_logprobs_unchanged_by_speculation(tiny_llm, method, k):
     plain = tiny_llm.generate(PROMPT, sp, PLAIN)
     spec = tiny_llm.generate(PROMPT, sp, SpeculativeParams(method, k))
     assert spec.token_ids == plain.token_ids and len(spec.logprobs) == len(plain.logprobs) == 12
-    for a, b in zip(plain.logprobs, spec.logprobs):
+    with torch.inference_mode():  # the reference: one transformers forward over prompt + output
+        ref = tiny_llm.model(torch.tensor([PROMPT + spec.token_ids])).logits[0, len(PROMPT) - 1: -1].float()
+    ref = ref.log_softmax(-1)
+    for i, (a, b) in enumerate(zip(plain.logprobs, spec.logprobs)):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert b.logprob == pytest.approx(float(ref[i, b.token_id]), abs=1e-4)
+        assert [x for x, _ in b.top] == ref[i].topk(2).indices.tolist()
 
 
 def test_logprobs_off_by_default(tiny_llm):

@@ -36,9 +36,10 @@ def _check_call(call, name: str) -> dict:
 
 @pytest.mark.parametrize("method", ["none", "suffix"])
 def test_named_function_is_called(client, method):
+    """A named function is one call, even with parallel calls allowed (they are for `required`)."""
     r = client.chat.completions.create(
         model=openai.NOT_GIVEN, messages=ASK, tools=[WEATHER, TIME], max_tokens=60, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        tool_choice={"type": "function", "function": {"name": "get_time"}}, parallel_tool_calls=True,
         extra_body={"speculative": {"method": method, "num_draft_tokens": 4}})
     c = r.choices[0]
     assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c.message
