@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -177,3 +178,43 @@ def test_streamed_tool_call_arguments_in_pieces(step):
     assert calls[0]["name"] == "get_weather" and calls[0]["arguments"] == '{"city": "Par is}", "n": {"k": 3}}'
     assert calls[1]["name"] == "x" and calls[1]["arguments"] == "{}" and calls[1]["pieces"] == 1
     assert content.strip() == "Sure." and (step > 40 or calls[0]["pieces"] > 2)
+
+
+def _full(text: str, stream: bool) -> tuple[str, str, list[dict]]:
+    """(content, reasoning, calls) with every call's fields, assembled as a client does."""
+    parser, content, reasoning, calls = OutputParser(True, stream_args=stream), "", "", {}
+    for part in [parser.push(c) for c in text] + [parser.flush()] if stream else [parser.push(text), parser.flush()]:
+        content, reasoning = content + part.content, reasoning + part.reasoning
+        for c in part.tool_calls or []:
+            entry = calls.setdefault(c["index"], {"arguments": ""})
+            entry.update({k: v for k, v in c.items() if k not in ("index", "function")})
+            entry["name"] = c["function"].get("name", entry.get("name"))
+            entry["arguments"] += c["function"]["arguments"]
+    return content, reasoning, [calls[i] for i in sorted(calls)]
+
+
+CASES = [  # (model text, content, reasoning, [(name, arguments)]): the expected answers, written out
+    (THINKING + "Answer.\n", "Answer.\n", "\nThe user wants the weather. I should call the tool.\n", []),
+    ("Hi.\n\n" + CALL + "\n\nBye.", "Hi.\n\nBye.", "", [("get_weather", '{"city": "Paris", "unit": "celsius"}')]),
+    ("Hi.\n" + CALL + "\n", "Hi.", "", [("get_weather", '{"city": "Paris", "unit": "celsius"}')]),
+    ('<tool_call>\n{"name": "a", "arguments": {"t": "x</tool_call>y"}}\n</tool_call>\n'
+     '<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call>', "", "", [("a", '{"t": "x</tool_call>y"}'), ("b", "{}")]),
+    ('<tool_call>\n{"arguments": {"x": 1}}\n</tool_call>', "", "", [("", '{"x": 1}')]),  # no name
+    ('<tool_call>\n{"name": "f"}\n</tool_call>', "", "", [("f", "{}")]),  # no arguments
+    ('<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>', "", "", [("f", '{"a": 1}')]),  # as text
+    ('<tool_call>\n{"name": "f", "arguments": {"city": "Zürich"}}\n</tool_call>', "", "", [("f", '{"city": "Zürich"}')]),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_parsed_output_against_the_expected_answer(case, stream):
+    """Each text, whole or one character at a time, gives the answer written out above: content
+    (line breaks around calls are not content, a gap before text after a call is), reasoning, and
+    calls with OpenAI's fields (index in order, `call_` + 24 hex id, type function)."""
+    text, content, reasoning, calls = CASES[case]
+    got_content, got_reasoning, got_calls = _full(text, stream)
+    assert (got_content, got_reasoning) == (content, reasoning)
+    assert [(c["name"], c["arguments"]) for c in got_calls] == calls
+    for c in got_calls:
+        assert c["type"] == "function" and re.fullmatch(r"call_[0-9a-f]{24}", c["id"]), c

@@ -81,8 +81,6 @@ class OutputParser:
                 if hits:
                     i, tag = min(hits)
                     self._content(out, self.buf[:i])
-                    if tag == TOOL_OPEN:
-                        self.blank = ""  # the line breaks around calls are not content
                     self.buf = self.buf[i + len(tag):]
                     self.mode = "reasoning" if tag == THINK_OPEN else "tool"
                     continue
@@ -136,6 +134,14 @@ class OutputParser:
         args = args[:-1] if args.endswith("}") and not cut else args
         if final:
             args = args.rstrip()
+        if args.startswith('"'):  # arguments written as a JSON string: its decoded text, sent whole at the end
+            if not final:
+                return True
+            try:
+                decoded = json.loads(args)
+                args = decoded if isinstance(decoded, str) else args
+            except json.JSONDecodeError:  # a string cut by the length limit: as written
+                pass
         if len(args) > self.args_sent:
             out.tool_calls = (out.tool_calls or []) + [{"index": self.num_calls,
                                                         "function": {"arguments": args[self.args_sent:]}}]
@@ -143,17 +149,22 @@ class OutputParser:
         return True
 
     def _content(self, out: Parsed, text: str) -> None:
+        """With tools, trailing whitespace is held back however the text was cut: dropped if a call
+        ends the output, kept as the gap before text that follows the call (whose own line break
+        after </tool_call> is not content), so whole and streamed answers agree."""
         if self.after_think:
             text = text.lstrip("\n")
             self.after_think = not text
-        if self.tools and not text.strip():
+        if self.tools and self.after_call:
+            text = text.lstrip()
+            self.after_call = not text
+        body = text.rstrip() if self.tools else text
+        if not body:
             self.blank += text
             return
-        if self.after_call:  # the line break after a call is the call's, not the start of content
-            self.blank, text, self.after_call = "", text.lstrip(), False
-        out.content += self.blank + text
-        self.blank = ""
-        self.started = self.started or bool(text.strip())
+        out.content += self.blank + body
+        self.blank = text[len(body):]
+        self.started = self.started or bool(body.strip())
 
     def parse_all(self, text: str) -> Parsed:
         """A whole output at once: push, then flush, joined."""
