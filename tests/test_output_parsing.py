@@ -109,6 +109,8 @@ def test_call_cut_by_the_length_limit(stream):
     for cut in range(full.index("<"), len(full)):
         content, calls = _calls(full[:cut], stream)
         assert content.strip() == "Sure.", (cut, content)
+        assert all(c["type"] == "function" and re.fullmatch(r"call_[0-9a-f]{24}", c["id"])
+                   for c in _full(full[:cut], stream)[2])
         expected = [] if cut < head_end else [("get_weather", full[head_end:min(cut, own_brace)].strip())]
         assert calls == expected, (cut, calls)
     assert _calls(full, stream)[1] == [("get_weather", '{"city": "Paris", "n": {"k": 3}}')]
@@ -183,7 +185,7 @@ def test_streamed_tool_call_arguments_in_pieces(step):
 def _full(text: str, stream: bool) -> tuple[str, str, list[dict]]:
     """(content, reasoning, calls) with every call's fields, assembled as a client does."""
     parser, content, reasoning, calls = OutputParser(True, stream_args=stream), "", "", {}
-    for part in [parser.push(c) for c in text] + [parser.flush()] if stream else [parser.push(text), parser.flush()]:
+    for part in [parser.push(c) for c in text] + [parser.flush()] if stream else [parser.parse_all(text)]:
         content, reasoning = content + part.content, reasoning + part.reasoning
         for c in part.tool_calls or []:
             entry = calls.setdefault(c["index"], {"arguments": ""})
@@ -203,6 +205,12 @@ CASES = [  # (model text, content, reasoning, [(name, arguments)]): the expected
     ('<tool_call>\n{"name": "f"}\n</tool_call>', "", "", [("f", "{}")]),  # no arguments
     ('<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>', "", "", [("f", '{"a": 1}')]),  # as text
     ('<tool_call>\n{"name": "f", "arguments": {"city": "Zürich"}}\n</tool_call>', "", "", [("f", '{"city": "Zürich"}')]),
+    ('<tool_call>\n{"name": "f", "arguments": {"a": 1} }\n</tool_call>', "", "", [("f", '{"a": 1}')]),  # space, brace
+    ("\n".join([CALL] * 3), "", "", [("get_weather", '{"city": "Paris", "unit": "celsius"}')] * 3),
+    (THINKING + "  Indented.", "  Indented.", "\nThe user wants the weather. I should call the tool.\n", []),
+    ("<think>still thinking </", "", "still thinking </", []),  # ends inside a would-be close tag
+    ("\n<thi", "\n<thi", "", []),  # a would-be <think> at the end is text; a would-be <tool_call> is not
+    ("Done.\n<tool_c", "Done.", "", []),
 ]
 
 
@@ -218,3 +226,10 @@ def test_parsed_output_against_the_expected_answer(case, stream):
     assert [(c["name"], c["arguments"]) for c in got_calls] == calls
     for c in got_calls:
         assert c["type"] == "function" and re.fullmatch(r"call_[0-9a-f]{24}", c["id"]), c
+
+
+def test_reasoning_streams_as_it_comes_and_tags_without_tools_are_text():
+    parser = OutputParser(True, stream_args=True)
+    early = "".join(parser.push(c).reasoning for c in "<think>\nLet me see")
+    assert early == "\nLet me see"  # before any close tag
+    assert OutputParser(False).parse_all("<").content == "<"

@@ -131,9 +131,8 @@ class OutputParser:
         # trailing space and the last closing brace (perhaps the call's own) wait for what follows;
         # at the end, that brace is the call's and is dropped
         args = args.rstrip()
-        args = args[:-1] if args.endswith("}") and not cut else args
-        if final:
-            args = args.rstrip()
+        if args.endswith("}") and not cut:
+            args = args[:-1].rstrip()
         if args.startswith('"'):  # arguments written as a JSON string: its decoded text, sent whole at the end
             if not final:
                 return True
@@ -172,15 +171,17 @@ class OutputParser:
         return Parsed(a.content + b.content, a.reasoning + b.reasoning, (a.tool_calls or []) + (b.tool_calls or []))
 
     def flush(self) -> Parsed:
-        """End of output: an unclosed block is returned as what it was (reasoning, or raw text)."""
+        """End of output: unclosed reasoning is reasoning, a cut call goes out as _cut_call says, and
+        a cut open tag with the whitespace before it is dropped; anything else held is content."""
         out, rest, self.buf = Parsed(), self.buf, ""
-        if not self.num_calls:
+        cut_open = self.mode == "content" and self.tools and rest and TOOL_OPEN.startswith(rest)  # a call's tag, cut
+        if not self.num_calls and not cut_open:  # whitespace before a call is not content
             out.content, self.blank = self.blank, ""
         if self.mode == "reasoning":
             out.reasoning = rest
         elif self.mode == "tool":
             self._cut_call(out, rest)
-        elif not (self.tools and rest and TOOL_OPEN.startswith(rest)):  # else: a call's open tag, cut
+        elif not cut_open:
             out.content += rest
         return out
 
