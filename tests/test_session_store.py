@@ -291,6 +291,69 @@ def test_ttl_expiry_and_capacity():
     assert b not in store.expire()  # a busy session never expires
 
 
+def test_store_errors_say_what_and_where():
+    """Each refusal names the session_id field and tells the client what to do (the edges pass these
+    on as 404 / 409 / 429 bodies); a tenant's session is found only under that tenant."""
+    clock = Clock()
+    store = SessionStore(ttl_seconds=10, max_sessions=2, clock=clock)
+    store.create(session_id="s1", tenant="t")
+    cases = [
+        (lambda: store.create(session_id="s1", tenant="t"), SessionBusy, "session 's1' already exists"),
+        (lambda: store.get("s1"), SessionNotFound, "session 's1' does not exist (closed, expired or never created)"),
+        (lambda: store.append("nope", [1]), SessionNotFound, "does not exist"),
+        (lambda: store.close("nope"), SessionNotFound, "does not exist"),
+    ]
+    store.check_out("s1", tenant="t")
+    cases += [
+        (lambda: store.check_out("s1", tenant="t"), SessionBusy,
+         "session 's1' already has a generate in progress; wait for it to finish or cancel it"),
+        (lambda: store.append("s1", [1], tenant="t"), SessionBusy, "append after it finishes"),
+        (lambda: store.close("s1", tenant="t"), SessionBusy, "cancel it first"),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind) as e:
+            call()
+        assert message in e.value.message and e.value.param == "session_id", e.value.message
+    store.create()
+    with pytest.raises(TooManySessions, match=r"session capacity reached \(2\)"):
+        store.create()
+    s = store.get("s1", tenant="t")
+    clock.now = 3
+    store.check_in(s, [5], None)
+    clock.now = 10
+    assert store.idle_seconds(s) == 7
+    clock.now = 13  # idle exactly the TTL: still alive (it expires once idle longer)
+    assert store.get("s1", tenant="t") is s
+    clock.now = 13.5
+    with pytest.raises(SessionNotFound):
+        store.get("s1", tenant="t")
+
+
+def test_prefix_entries_bounded_taken_and_fitted(tiny_llm):
+    """The prefix cache keeps the 16 newest entries (docs/api.md); an entry whose whole history is a
+    prefix of the prompt is moved out, one shared in part is copied and stays, one token shared
+    counts; no cache is no entry; a session's KV is trimmed to its history less the newest token."""
+    verifier = tiny_llm.core.verifier
+
+    def cache_of(tokens):
+        c = verifier.new_cache()
+        verifier.forward(c, tokens, 1)
+        return c
+
+    store = SessionStore()
+    for i in range(17):
+        store.put_prefix([100 + i, 7, 8, 9], cache_of([100 + i, 7, 8]))
+    store.put_prefix([1, 2, 3], None)
+    assert store.take_prefix([100, 7, 8, 9])[1] == 0 and store.take_prefix([101, 7, 8, 9, 10])[1] == 3  # 100 went
+    assert store.take_prefix([101, 7, 8])[1] == 0  # moved out by the take before
+    cache, shared = store.take_prefix([102, 50, 51])
+    assert shared == 1 and cache.length == 1 and store.take_prefix([102, 7, 8, 9])[1] == 3  # copied, stayed
+    s = store.create()
+    store.check_out(s.session_id)
+    store.check_in(s, [5], cache_of([5, 6, 7]))
+    assert s.cache.length == 0  # INV-1 for a one-token history
+
+
 def test_hint_sessions_make_room_for_named_ones():
     """Sessions made for a cache hint (prompt_cache_key) never take a client's place: at capacity the
     least recently used idle one is forgotten; a busy one, or a named one, never is."""
