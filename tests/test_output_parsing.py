@@ -208,6 +208,7 @@ CASES = [  # (model text, content, reasoning, [(name, arguments)]): the expected
     ('<tool_call>\n{"name": "f", "arguments": {"a": 1} }\n</tool_call>', "", "", [("f", '{"a": 1}')]),  # space, brace
     ("\n".join([CALL] * 3), "", "", [("get_weather", '{"city": "Paris", "unit": "celsius"}')] * 3),
     (THINKING + "  Indented.", "  Indented.", "\nThe user wants the weather. I should call the tool.\n", []),
+    (THINKING + "Xylophones.", "Xylophones.", "\nThe user wants the weather. I should call the tool.\n", []),
     ("<think>still thinking </", "", "still thinking </", []),  # ends inside a would-be close tag
     ("\n<thi", "\n<thi", "", []),  # a would-be <think> at the end is text; a would-be <tool_call> is not
     ("Done.\n<tool_c", "Done.", "", []),
