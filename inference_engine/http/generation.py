@@ -107,3 +107,14 @@ async def merge_choices(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tu
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # each choice has aborted its engine request
+
+
+async def whole(streams: list[AsyncIterator[Piece]]) -> tuple[str, ChoiceEnd]:
+    """One choice's whole text and its end (the APIs without `n`: Responses, Anthropic Messages)."""
+    text, end = "", None
+    async for _, piece in merge_choices(streams):
+        if isinstance(piece, ChoiceEnd):
+            end = piece
+        else:
+            text += piece.text
+    return text, end

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable, Optional
 
 from ...errors import EngineError
 from ..errors import anthropic_body
-from ..generation import ChoiceEnd, Delta, Piece, merge_choices
+from ..generation import ChoiceEnd, Delta, Piece, merge_choices, whole
 from ..parsers import OutputParser, Parsed
 from ..responses import peer_stats, spec_dict
 
@@ -50,12 +50,7 @@ class Message:
                 "speculative": spec_dict(end.spec) if end else None}
 
     async def collect(self, streams: list[AsyncIterator[Piece]], echo=None) -> tuple[dict, list[ChoiceEnd]]:
-        text, end = "", None
-        async for _, piece in merge_choices(streams):
-            if isinstance(piece, ChoiceEnd):
-                end = piece
-            else:
-                text += piece.text
+        text, end = await whole(streams)
         p = self.parser.parse_all(text)
         content = ([{"type": "thinking", "thinking": p.reasoning, "signature": ""}] if p.reasoning else []) + \
                   ([{"type": "text", "text": p.content}] if p.content else []) + \

@@ -9,7 +9,7 @@ import uuid
 from typing import Any, AsyncIterator, Callable, Optional
 
 from ...errors import EngineError
-from ..generation import ChoiceEnd, Delta, Piece, merge_choices
+from ..generation import ChoiceEnd, Delta, Piece, merge_choices, whole
 from ..parsers import OutputParser, Parsed
 from ..responses import peer_stats, spec_dict
 from .convert import new_id
@@ -67,12 +67,7 @@ class ResponseRender:
 
     async def collect(self, streams: list[AsyncIterator[Piece]], echo=None) -> tuple[dict, list[ChoiceEnd]]:
         self.item_ids: dict[str, str] = {}
-        text, end = "", None
-        async for _, piece in merge_choices(streams):
-            if isinstance(piece, ChoiceEnd):
-                end = piece
-            else:
-                text += piece.text
+        text, end = await whole(streams)
         p = self.parser.parse_all(text)
         status = "incomplete" if end.finish_reason == "length" else "completed"
         output = ([self._reasoning_item(p.reasoning, "completed")] if p.reasoning else []) + \
