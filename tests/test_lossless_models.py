@@ -18,6 +18,7 @@ import torch
 from inference_engine.config import EngineConfig, ModelConfig
 from inference_engine.engine.llm import LLM
 from inference_engine.models import LoadedModel, load_model
+from inference_engine.tokenizer import apply_chat_template
 from inference_engine.types import SamplingParams, SpeculativeParams, Submission
 
 SMALL_VOCAB = 2048
@@ -104,6 +105,15 @@ def hf_greedy(loaded: LoadedModel, prompt, n: int, bias=(), presence: float = 0.
                 logits[token] += b
             ids.append(int(logits.argmax()))
     return ids[len(prompt):]
+
+
+def hf_chat_greedy(loaded: LoadedModel, messages, n: int, **template) -> tuple[list[int], list[int]]:
+    """(prompt, tokens): the conversation through the model's own chat template, then `hf_greedy`,
+    cut after the first end-of-turn token (what a server's greedy answer to it must be)."""
+    prompt = apply_chat_template(loaded.tokenizer, messages, **template)
+    out = hf_greedy(loaded, prompt, n)
+    ends = [i for i, t in enumerate(out) if t in loaded.info.eos_ids]
+    return prompt, (out[: ends[0] + 1] if ends else out)
 
 
 def hf_ranks(loaded: LoadedModel, prompt, tokens) -> list[int]:

@@ -15,7 +15,7 @@ from http_server import serving
 from inference_engine.http.anthropic.render import Message
 from inference_engine.http.generation import ChoiceEnd, Delta
 from inference_engine.tokenizer import apply_chat_template, decode
-from test_lossless_models import hf_greedy
+from test_lossless_models import hf_chat_greedy
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0}  # anthropic 2.x sends sampling fields only as extra body; the API still takes them
@@ -35,13 +35,9 @@ def client(live):
 
 
 def _reference(loaded, messages, max_tokens, system=None) -> list[int]:
-    """transformers' greedy tokens for the conversation, through the model's own chat template
-    (Anthropic's default: no thinking), cut after the first end-of-turn token."""
+    """transformers' greedy tokens for the conversation, with Anthropic's default: no thinking."""
     chat = ([{"role": "system", "content": system}] if system else []) + messages
-    prompt = apply_chat_template(loaded.tokenizer, chat, enable_thinking=False)
-    out = hf_greedy(loaded, prompt, max_tokens)
-    ends = [i for i, t in enumerate(out) if t in loaded.info.eos_ids]
-    return out[: ends[0] + 1] if ends else out
+    return hf_chat_greedy(loaded, chat, max_tokens, enable_thinking=False)[1]
 
 
 def test_text_answer_is_transformers_greedy(client, tiny_loaded):

@@ -15,7 +15,7 @@ import pytest
 from http_server import serving
 from inference_engine.config import EngineConfig
 from inference_engine.tokenizer import apply_chat_template, decode
-from test_lossless_models import hf_greedy
+from test_lossless_models import hf_chat_greedy
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Current weather in a city", "parameters": {
     "type": "object", "required": ["city"], "properties": {"city": {"type": "string", "maxLength": 12}}}}
@@ -32,14 +32,6 @@ def client(live):
     return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
 
 
-def _reference(loaded, messages, n, **template) -> tuple[list[int], list[int]]:
-    """(prompt, greedy tokens cut after the first end of turn): the template, then transformers."""
-    prompt = apply_chat_template(loaded.tokenizer, messages, **template)
-    out = hf_greedy(loaded, prompt, n)
-    ends = [i for i, t in enumerate(out) if t in loaded.info.eos_ids]
-    return prompt, (out[: ends[0] + 1] if ends else out)
-
-
 def _text(loaded, tokens) -> str:
     return decode(loaded.tokenizer, tokens)
 
@@ -47,7 +39,7 @@ def _text(loaded, tokens) -> str:
 def test_text_answer_is_transformers_greedy(client, tiny_loaded):
     r = client.responses.create(model=tiny_loaded.info.name, input="What is the weather in Paris?",
                                 instructions="Be brief.", max_output_tokens=12, temperature=0)
-    prompt, ref = _reference(tiny_loaded, [{"role": "system", "content": "Be brief."},
+    prompt, ref = hf_chat_greedy(tiny_loaded, [{"role": "system", "content": "Be brief."},
                                            {"role": "user", "content": "What is the weather in Paris?"}], 12)
     assert r.object == "response" and r.id.startswith("resp_") and r.output_text == _text(tiny_loaded, ref)
     assert [i.type for i in r.output] == ["message"] and r.output[0].role == "assistant"
@@ -90,7 +82,7 @@ def test_previous_response_id_continues_the_conversation(tiny_loaded, evict):
                                          temperature=0, previous_response_id=first.id)
     chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": first.output_text},
             {"role": "user", "content": "And a fruit?"}]
-    prompt, ref = _reference(tiny_loaded, chat, 6)
+    prompt, ref = hf_chat_greedy(tiny_loaded, chat, 6)
     assert second.output_text == _text(tiny_loaded, ref) and second.usage.input_tokens == len(prompt)
     cached = second.usage.input_tokens_details.cached_tokens
     assert cached == 0 if evict else cached >= first.usage.input_tokens

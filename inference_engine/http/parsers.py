@@ -39,6 +39,10 @@ def _close_tag(buf: str, close: str, json_body: bool) -> int:
     return i
 
 
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"  # OpenAI's form: call_ + 24 characters
+
+
 def tool_call(body: str, index: int) -> dict:
     """One OpenAI tool call from the JSON inside <tool_call>…</tool_call>; malformed JSON is kept
     as a call whose arguments are the raw text, so nothing the model said is lost."""
@@ -48,7 +52,7 @@ def tool_call(body: str, index: int) -> dict:
         args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
     except (json.JSONDecodeError, AttributeError):
         name, args = "", body.strip()
-    return {"index": index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return {"index": index, "id": _call_id(), "type": "function",
             "function": {"name": name, "arguments": args}}
 
 
@@ -121,7 +125,7 @@ class OutputParser:
             head = _HEAD.match(body)
             if head is None:
                 return False
-            self.call_id, self.args_from = f"call_{uuid.uuid4().hex[:24]}", head.end()
+            self.call_id, self.args_from = _call_id(), head.end()
             out.tool_calls = (out.tool_calls or []) + [{
                 "index": self.num_calls, "id": self.call_id, "type": "function",
                 "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": ""}}]
@@ -200,5 +204,5 @@ class OutputParser:
             out.tool_calls = (out.tool_calls or []) + [tool_call(body, self.num_calls)]
         elif (head := _HEAD.match(body)) is not None:
             out.tool_calls = (out.tool_calls or []) + [{
-                "index": self.num_calls, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "index": self.num_calls, "id": _call_id(), "type": "function",
                 "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": body[head.end():].strip()}}]

@@ -34,12 +34,18 @@ def session_info(s: SessionInfo) -> dict:
     }
 
 
-def peer_stats(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
-    """The same request's numbers in the shapes tools written for the peers read: llama-server's
-    `timings` and vLLM's speculative-decoding summary (`metrics.speculative_decoding`)."""
+def _spec_total(ends: list[ChoiceEnd]) -> SpecStats:
+    """Speculation accounting summed over a request's choices."""
     spec = SpecStats()
     for e in ends:
         spec.add(e.spec)
+    return spec
+
+
+def peer_stats(prompt_len: int, ends: list[ChoiceEnd]) -> dict:
+    """The same request's numbers in the shapes tools written for the peers read: llama-server's
+    `timings` and vLLM's speculative-decoding summary (`metrics.speculative_decoding`)."""
+    spec = _spec_total(ends)
     cached = max((e.cached_tokens for e in ends), default=0)
     predicted = sum(e.completion_tokens for e in ends)
     prompt_s = max((e.timings.prefill for e in ends if e.timings), default=0.0)
@@ -60,9 +66,7 @@ SYSTEM_FINGERPRINT = "kakeya"  # OpenAI's field for "the backend configuration";
 
 
 def usage(prompt_len: int, ends: list[ChoiceEnd], reasoning_tokens: int = 0) -> dict:
-    spec = SpecStats()
-    for e in ends:
-        spec.add(e.spec)
+    spec = _spec_total(ends)
     completion = sum(e.completion_tokens for e in ends)
     return {
         "prompt_tokens": prompt_len, "completion_tokens": completion, "total_tokens": prompt_len + completion,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import llguidance
 
@@ -36,7 +36,10 @@ class _Lenient(BaseModel):
 class Screened(_Lenient):
     """A request body of any of the APIs: the hostile-input table first (screen.py), then an explicit
     null read as "the default" (as OpenAI reads it: the openai client sends `temperature=None` as
-    null), then the fields this API refuses by name (`_refuse`)."""
+    null), then the fields this API refuses by name (`_refuse`); any other unknown field is ignored
+    and said in the log, as vLLM does (`KNOWN_EXTRA`: fields read in `_refuse`, not declared)."""
+
+    KNOWN_EXTRA: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -45,14 +48,17 @@ class Screened(_Lenient):
             screen.screen(data)
             data = {k: v for k, v in data.items() if v is not None}
             cls._refuse(data)
+            unknown = sorted(set(data) - set(cls.model_fields) - cls.KNOWN_EXTRA)
+            if unknown:
+                log.warning("ignored unknown request fields: %s", ", ".join(unknown)[:200])
         return data
 
     @classmethod
     def _refuse(cls, data: dict) -> None:
-        """Raise InvalidRequest naming a field this API does not implement; log unknown ones."""
+        """Raise InvalidRequest naming a field this API does not implement."""
 
 
-def _refuse_unsupported(data: dict, model: type) -> None:
+def _refuse_unsupported(data: dict) -> None:
     for name, hint in UNSUPPORTED.items():
         if name in data:
             raise InvalidRequest(f"{name} is not supported by this server: {hint}", name)
@@ -62,9 +68,6 @@ def _refuse_unsupported(data: dict, model: type) -> None:
     if best_of is not None and best_of not in (1, n):  # best_of > n: generate more, return the likeliest n
         raise InvalidRequest(f"best_of {best_of!r} is not supported (only best_of = n): ask for n choices instead",
                              "best_of")
-    unknown = sorted(set(data) - set(model.model_fields) - {"modalities", "best_of", "store", "metadata", "service_tier"})
-    if unknown:  # vLLM's behaviour: ignored, and said in the log
-        log.warning("ignored unknown request fields: %s", ", ".join(unknown)[:200])
 
 
 class TextPart(_Lenient):
@@ -283,9 +286,11 @@ class _SamplingFields(Screened):
     return_token_ids: bool = False  # extension (as vLLM): each choice carries its generated token ids
     ignore_eos: bool = False        # extension (as vLLM): generate max_tokens whatever the model says
 
+    KNOWN_EXTRA = frozenset({"modalities", "best_of", "store", "metadata", "service_tier"})
+
     @classmethod
     def _refuse(cls, data: dict) -> None:
-        _refuse_unsupported(data, cls)
+        _refuse_unsupported(data)
 
     @field_validator("session_id")
     @classmethod

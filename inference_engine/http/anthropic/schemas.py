@@ -2,7 +2,6 @@
 not implement are refused by name; other unknown fields are ignored and logged, as on chat."""
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ...errors import InvalidRequest
 from ..schemas import KVWindowOptions, Screened, SpeculativeOptions
 
-log = logging.getLogger(__name__)
 BLOCKS = ("text", "tool_use", "tool_result", "thinking")
 # request fields that would change the answer and are not implemented: a 400 naming them
 UNSUPPORTED = {"container": "code-execution containers", "mcp_servers": "MCP servers",
@@ -96,7 +94,7 @@ class CountTokensRequest(Screened):
 
     @classmethod
     def _refuse(cls, data: dict) -> None:
-        _refuse_unsupported(data, cls)
+        _refuse_unsupported(data)
 
     @model_validator(mode="after")
     def _tool_named(self) -> "CountTokensRequest":
@@ -127,7 +125,7 @@ class MessagesRequest(CountTokensRequest):
     session_id: Optional[str] = Field(default=None, min_length=1, max_length=128)
 
 
-def _refuse_unsupported(data: dict, model: type) -> None:
+def _refuse_unsupported(data: dict) -> None:
     for name, what in UNSUPPORTED.items():
         if name in data:
             raise InvalidRequest(f"{name} is not supported by this server ({what})", name)
@@ -142,6 +140,3 @@ def _refuse_unsupported(data: dict, model: type) -> None:
             if isinstance(kind, str) and kind not in BLOCKS:
                 raise InvalidRequest(f"content blocks of type {kind!r} are not supported (only "
                                      f"{', '.join(BLOCKS)})", f"messages.{i}.content.{j}.type")
-    unknown = sorted(set(data) - set(model.model_fields))
-    if unknown:
-        log.warning("ignored unknown request fields: %s", ", ".join(unknown)[:200])

@@ -2,7 +2,6 @@
 not implement are refused by name; other unknown fields are ignored and logged, as on chat."""
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -10,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ...errors import InvalidRequest
 from ..schemas import FUNCTION_NAME, KVWindowOptions, Screened, SpeculativeOptions
 
-log = logging.getLogger(__name__)
 ITEMS = ("message", "function_call", "function_call_output", "reasoning")
 # fields that would change the answer and are not implemented: a 400 naming them
 UNSUPPORTED = {"conversation": "the Conversations API (send previous_response_id)", "prompt": "prompt templates",
@@ -125,9 +123,11 @@ class ResponsesRequest(Screened):
     speculative: Optional[SpeculativeOptions] = None
     kv_window: Optional[KVWindowOptions] = None
 
+    KNOWN_EXTRA = frozenset({"background"})  # read in _refuse (refused when true)
+
     @classmethod
     def _refuse(cls, data: dict) -> None:
-        _refuse_unsupported(data, cls)
+        _refuse_unsupported(data)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResponsesRequest":
@@ -146,7 +146,7 @@ class ResponsesRequest(Screened):
         return self
 
 
-def _refuse_unsupported(data: dict, model: type) -> None:
+def _refuse_unsupported(data: dict) -> None:
     for name, what in UNSUPPORTED.items():
         if name in data:
             raise InvalidRequest(f"{name} is not supported by this server ({what})", name)
@@ -174,6 +174,3 @@ def _refuse_unsupported(data: dict, model: type) -> None:
             if item["type"] == "message" and kind not in ("input_text", "output_text"):
                 raise InvalidRequest(f"content parts of type {kind!r} are not supported (only text)",
                                      f"input.{i}.content.{j}.type")
-    unknown = sorted(set(data) - set(model.model_fields) - {"background"})
-    if unknown:
-        log.warning("ignored unknown request fields: %s", ", ".join(unknown)[:200])
