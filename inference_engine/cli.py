@@ -57,6 +57,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                    help="accepted bearer key (repeatable); also KAKEYA_API_KEYS=key1,key2")
     p.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "8")))
     p.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "64")))
+    p.add_argument("--temperature", dest="default_temperature", metavar="T", type=_temperature,
+                   default=_env("TEMPERATURE", "1.0"),
+                   help="temperature for HTTP requests that set none (default 1.0, OpenAI's; 0: greedy), "
+                        "as llama-server's --temp")
+    p.add_argument("--max-tokens", dest="default_max_tokens", metavar="N", type=_max_tokens, default=_env("MAX_TOKENS", "0"),
+                   help="output cap for HTTP requests that set none (agents such as Codex CLI send none); "
+                        "default: the rest of the context, as llama-server's -n -1 and vLLM")
     p.add_argument("--allowed-origins", default=_env("ALLOWED_ORIGINS", ""),
                    help="comma-separated browser origins allowed by CORS ('*' for any; default: none)")
     p.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")),
@@ -81,6 +88,27 @@ def _kv_window(text: str) -> tuple[int, int] | None:
     if sink < 0 or window < 0:
         raise argparse.ArgumentTypeError(f"SINK and WINDOW must be >= 0, got {text!r}")
     return (sink, window) if window else None
+
+
+def _max_tokens(text: str) -> int | None:
+    """N >= 1 tokens, or 0 for none (the rest of the context); argparse also converts the env default."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: the rest of the context), got {n}")
+    return n or None
+
+
+def _temperature(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= t <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2], got {t}")
+    return t
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +156,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_waiting=getattr(args, "max_waiting", 64),
         speculative=SpeculativeParams(args.speculative_method, args.num_draft_tokens),
         suffix_cache_tokens=args.suffix_cache_tokens,
+        default_max_tokens=getattr(args, "default_max_tokens", None),
+        default_temperature=getattr(args, "default_temperature", 1.0),
         calibration_file=str(cache / "calibration.json"),
         max_batch=getattr(args, "max_running", 8),
         session_cache_bytes=getattr(args, "session_cache_bytes", 1 << 30),

@@ -25,6 +25,8 @@ class EngineConfig:
     ngram_max: int = 4
     ngram_min: int = 2
     max_draft_tokens: int = 16
+    default_temperature: float = 1.0  # of an HTTP request naming none (OpenAI's default; llama-server's --temp)
+    default_max_tokens: Optional[int] = None  # output cap of an HTTP request naming none (llama-server's -n); None: the rest of the context
     suffix_cache_tokens: int = 100_000  # memory bound of the cross-request suffix index
     adaptive_max_k: int = 16            # longest draft the controller considers (calibrated k = 0..16)
     calibration_file: Optional[str] = None  # cache of measured verify-cost curves; None: the server's (user cache dir), "": none

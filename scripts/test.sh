@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+bash scripts/install_agents.sh  # Codex CLI and Claude Code for tests/test_agent_clis.py (pinned, cached)
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 KAKEYA_REQUIRE_AGENT_CLIS=1
 .venv/bin/python -m coverage erase
 .venv/bin/python -m coverage run -m pytest -q --durations=15 "$@"
 .venv/bin/python -m coverage report

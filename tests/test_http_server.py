@@ -325,3 +325,29 @@ def test_keepalive_comments(tiny_loaded):
     # sse-starlette's ping task may still fire once between [DONE] and close; comments are ignored by clients
     events = [e for e in raw.replace("\r\n", "\n").split("\n\n") if e.strip() and not e.startswith(":")]
     assert ": ping" in raw and events[-1] == "data: [DONE]"
+
+
+def test_server_defaults_for_requests_that_name_none(tiny_loaded):
+    """--temperature and --max-tokens (agents such as Codex CLI send neither) apply only where a
+    request names nothing, on every API: greedy against transformers' own argmax, capped; a request's
+    own values still win."""
+    from test_lossless_models import hf_chat_greedy
+
+    engine, _, server = _start(tiny_loaded, EngineConfig(default_temperature=0.0, default_max_tokens=5))
+    messages = [{"role": "user", "content": "Tell me about the sea."}]
+    _, ref = hf_chat_greedy(tiny_loaded, messages, 5)
+    _, ref_off = hf_chat_greedy(tiny_loaded, messages, 5, enable_thinking=False)  # Anthropic's default
+    with server:
+        base, model = server.url + "/v1", tiny_loaded.info.name
+        chat = httpx.post(base + "/chat/completions", json={"model": model, "messages": messages}, timeout=60).json()
+        resp = httpx.post(base + "/responses", json={"model": model, "input": messages}, timeout=60).json()
+        msg = httpx.post(base + "/messages", json={"model": model, "messages": messages, "max_tokens": 5},
+                         timeout=60).json()
+        own = httpx.post(base + "/chat/completions", json={"model": model, "messages": messages, "max_tokens": 7,
+                                                           "temperature": 1.0, "seed": 3}, timeout=60).json()
+    engine.shutdown()
+    text = tiny_loaded.tokenizer.decode(ref)
+    assert chat["usage"]["completion_tokens"] == len(ref) == 5 and chat["choices"][0]["message"]["content"] == text
+    assert resp["temperature"] == 0.0 and resp["usage"]["output_tokens"] == 5 and resp["output"][0]["content"][0]["text"] == text
+    assert msg["content"][0]["text"] == tiny_loaded.tokenizer.decode(ref_off)
+    assert own["usage"]["completion_tokens"] == 7

@@ -43,7 +43,7 @@ class EngineCore:
         self.speculator = Speculator(config, self.verifier, self.max_context, draft_model)
         self.grammars: Optional[GrammarCompiler] = None  # set by LLM, which holds the tokenizer
         self.limits = Limits(self.vocab_size, self.max_context, config.max_draft_tokens, self.speculator.methods,
-                             config.speculative)
+                             config.speculative, config.default_max_tokens, config.default_temperature)
         self._ids = itertools.count()
 
     def add_request(self, sub: Submission, on_token: Optional[TokenCallback] = None) -> Request:

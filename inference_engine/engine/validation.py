@@ -18,6 +18,8 @@ class Limits:
     max_draft_tokens: int
     methods: tuple[str, ...]  # speculative methods this engine serves
     default_spec: SpeculativeParams
+    default_max_tokens: Optional[int] = None  # a request naming no cap gets this (bounded by the context)
+    default_temperature: float = 1.0          # a request naming no temperature gets this
 
 
 def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:

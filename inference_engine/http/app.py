@@ -138,6 +138,8 @@ def create_app(state: ServerState, request_ids: bool = True) -> FastAPI:
     async def create_response(body: ResponsesRequest, request: Request, tenant: str = Depends(auth)):
         engine = state.ready()
         _check_model(engine, body.model)
+        if body.temperature is None:  # the response echoes the temperature that served it
+            body = body.model_copy(update={"temperature": engine.limits.default_temperature})
         previous = None if body.previous_response_id is None else \
             state.responses.get(body.previous_response_id, tenant, "previous_response_id")
         items = responses_convert.input_items(body)

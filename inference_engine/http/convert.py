@@ -69,8 +69,9 @@ def cache_session(key: str) -> str:
 
 def _sampling(body: Body, prompt_len: int, max_tokens: Optional[int], limits: Limits, grammar: Optional[str],
               index: int) -> SamplingParams:
-    if max_tokens is None:
-        max_tokens = max(1, limits.max_context - prompt_len)
+    if max_tokens is None:  # none named: the server's --max-tokens, else the rest of the context
+        room = max(1, limits.max_context - prompt_len)
+        max_tokens = room if limits.default_max_tokens is None else min(limits.default_max_tokens, room)
     try:
         bias = tuple((int(t), float(b)) for t, b in (body.logit_bias or {}).items())
     except ValueError:
@@ -80,8 +81,9 @@ def _sampling(body: Body, prompt_len: int, max_tokens: Optional[int], limits: Li
     # engine takes max_tokens 0 (it refuses 0 for a request that would return nothing)
     echo = getattr(body, "echo", False) and not body.stream
     prompt_logprobs = body.logprobs if body.logprobs is not None or max_tokens else 0
+    temperature = limits.default_temperature if body.temperature is None else body.temperature
     return SamplingParams(
-        max_tokens, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
+        max_tokens, temperature, max(body.top_k, 0), body.top_p, body.min_p,
         seed=None if body.seed is None else body.seed + index, logprobs=body.num_logprobs,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logit_bias=bias,
         ignore_eos=body.ignore_eos, grammar=grammar,

@@ -267,7 +267,7 @@ class KVWindowOptions(_Lenient):
 class _SamplingFields(Screened):
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)  # None: the server's --temperature (1.0)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)  # 0 keeps only the most likely token
     top_k: int = Field(default=0, ge=-1)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -113,7 +113,7 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=1)
     stop_sequences: Optional[list[str]] = None
     stream: bool = False
-    temperature: float = Field(default=1.0, ge=0.0, le=1.0)  # Anthropic's range
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=1.0)  # Anthropic's range; None: the server's
     top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     top_k: Optional[int] = Field(default=None, ge=0)
     metadata: Optional[Metadata] = None
