@@ -1,18 +1,23 @@
-"""SuffixDecoding-style drafting from past requests and the request's own history.
+"""SuffixDecoding (arXiv 2411.04975) drafting from past requests and the request's own history.
 
 Every n-gram (min_n <= n <= max_n) of the indexed text maps to counts of the token that
-followed it, which is what a suffix tree with counts, cut at depth max_n, stores. A draft
-walks greedily: match the longest suffix of the context, take its most frequent next token,
-append it to the context, repeat. Past sequences are held in FIFO order and evicted (their
-counts subtracted) once they total more than max_tokens, so memory stays bounded.
+followed it, which is what a suffix tree with counts, cut at depth max_n, stores. Past sequences
+are held in FIFO order and evicted (their counts subtracted) once they total more than max_tokens,
+so memory stays bounded.
 
-Own history vs past requests: both indexes are looked up with the same suffix length and
-their counts are summed, so the longest suffix found in either wins, and a continuation seen
-in both places scores the sum. On a tie in count the own-history token wins, since a request
-tends to repeat itself (code edits, quoted text) more reliably than others do.
+The policy is the paper's (and ArcticInference's defaults): each index drafts on its own; a walk
+matches the longest suffix of the context, follows its most frequent continuation and repeats, while
+the path's probability (the product of the count shares taken) stays >= min_prob (0.1); a draft is
+at most alpha × the first match's length (1.0: a two-token match drafts two; a match at the full
+depth max_n may be longer than the index can tell, so it drafts up to k); its score, the sum of the
+path probabilities, is the number of its tokens expected to be accepted. The request's own draft and
+the past requests' draft compete on that score (a tie goes to the own one: a request repeats itself
+more reliably than others do). The engine's controller still chooses k, so drafting never costs more
+than it is expected to return.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Sequence
 
@@ -53,12 +58,12 @@ class _Live:
 class SuffixProposer:
     name = "suffix"
 
-    def __init__(self, max_tokens: int = 100_000, max_n: int = 8, min_n: int = 2,
-                 min_confidence: float = 0.2):
-        if max_tokens < 0 or min_n < 1 or max_n < min_n or not 0.0 <= min_confidence <= 1.0:
-            raise ValueError("need max_tokens >= 0, 1 <= min_n <= max_n, 0 <= min_confidence <= 1")
+    def __init__(self, max_tokens: int = 100_000, max_n: int = 8, min_n: int = 2, min_prob: float = 0.1,
+                 alpha: float = 1.0):
+        if max_tokens < 0 or min_n < 1 or max_n < min_n or not 0.0 <= min_prob <= 1.0 or alpha <= 0:
+            raise ValueError("need max_tokens >= 0, 1 <= min_n <= max_n, 0 <= min_prob <= 1, alpha > 0")
         self.max_tokens, self.max_n, self.min_n = max_tokens, max_n, min_n
-        self.min_confidence = min_confidence
+        self.min_prob, self.alpha = min_prob, alpha
         self._index: Index = {}
         self._sequences: deque[tuple[int, ...]] = deque()  # oldest first, for eviction
         self._num_tokens = 0
@@ -89,8 +94,10 @@ class SuffixProposer:
                 out.append(EMPTY)
                 continue
             history = req.token_ids  # may be rebuilt on every access: read it once
-            own = self._index_own(req.request_id, history)
-            tokens = self._draft(list(history[-self.max_n :]), own, k)
+            context = list(history[-self.max_n :])
+            mine = self._draft(context, self._index_own(req.request_id, history), k)
+            past = self._draft(context, self._index, k)
+            tokens = (mine if mine[1] >= past[1] else past)[0]
             out.append(Draft(tokens) if tokens else EMPTY)
         return out
 
@@ -113,27 +120,28 @@ class SuffixProposer:
             live.indexed = len(history)
         return live.index
 
-    def _draft(self, context: list[int], own: Index, k: int) -> list[int]:
-        tokens: list[int] = []
-        while len(tokens) < k:
-            counts = self._lookup(context, own)
+    def _draft(self, context: list[int], index: Index, k: int) -> tuple[list[int], float]:
+        """(tokens, score): the walk over one index, score = sum of the path probabilities."""
+        context, tokens, prob, score, limit = list(context), [], 1.0, 0.0, k
+        while len(tokens) < limit:
+            n, counts = self._lookup(context, index)
             if not counts:
                 break
-            best = max(counts, key=counts.__getitem__)  # first max: own-history wins ties
-            if counts[best] < self.min_confidence * sum(counts.values()):
-                break  # ambiguous context: a guess here is mostly wasted verify work
+            if not tokens and n < self.max_n:  # the first match's length bounds the draft
+                limit = min(k, math.ceil(self.alpha * n))
+            best = max(counts, key=counts.__getitem__)  # first max: the continuation seen first
+            prob *= counts[best] / sum(counts.values())
+            if prob < self.min_prob:
+                break  # an unlikely path: its tokens are mostly wasted verify work
             tokens.append(best)
             context.append(best)
-        return tokens
+            score += prob
+        return tokens, score
 
-    def _lookup(self, context: list[int], own: Index) -> dict[int, int]:
-        """Merged next-token counts for the longest suffix of context found in either index."""
+    def _lookup(self, context: list[int], index: Index) -> tuple[int, dict[int, int]]:
+        """(n, next-token counts) for the longest suffix of context, n tokens long, found in index."""
         for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
-            key = tuple(context[-n:])
-            mine, past = own.get(key), self._index.get(key)
-            if mine or past:
-                merged = dict(mine or {})
-                for tok, c in (past or {}).items():
-                    merged[tok] = merged.get(tok, 0) + c
-                return merged
-        return {}
+            counts = index.get(tuple(context[-n:]))
+            if counts:
+                return n, counts
+        return 0, {}

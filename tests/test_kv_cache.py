@@ -27,12 +27,14 @@ def _kv(start: int, T: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_full_cache_writes_by_position_grows_by_doubling_and_trims_by_moving_the_end():
     cache = KVCache(CONFIG)
-    for p in range(GRANULE):  # a decode step within the capacity allocates nothing
+    cache.append(_kv(0, 1))
+    first = cache.keys[0]
+    for p in range(1, GRANULE):  # a decode step within the capacity allocates nothing
         cache.append(_kv(p, 1))
-        assert cache.capacity == GRANULE and tuple(cache.keys[0].shape) == (1, 2, GRANULE, 32)
-    buffer = cache.keys[0].data_ptr()
+        assert cache.keys[0] is first and tuple(first.shape) == (1, 2, GRANULE, 32)
+    buffer = cache.keys[0]
     cache.append(_kv(GRANULE, 1))
-    assert cache.capacity == 2 * GRANULE and cache.keys[0].data_ptr() != buffer  # doubled, not +1
+    assert cache.capacity == 2 * GRANULE and cache.keys[0] is not buffer  # doubled, not +1
     cache.append(_kv(GRANULE + 1, 3 * GRANULE))  # a long prefill: what it needs, in whole granules
     assert cache.capacity == 5 * GRANULE and cache.length == 4 * GRANULE + 1
     assert cache.trim(GRANULE + 1) == GRANULE + 1 and cache.length == 3 * GRANULE
@@ -40,6 +42,15 @@ def test_full_cache_writes_by_position_grows_by_doubling_and_trims_by_moving_the
         assert torch.equal(k[0, 1, :, 0], torch.arange(3 * GRANULE, dtype=torch.float32)) and torch.equal(v, -k)
     assert cache.nbytes == 2 * CONFIG.num_hidden_layers * 2 * 5 * GRANULE * 32 * 4
     assert cache.trim(10 ** 6) == 3 * GRANULE and cache.length == 0
+
+
+def test_a_config_without_head_dim_or_kv_heads_uses_hidden_over_heads():
+    """GPT-2's config names neither head_dim nor num_key_value_heads (its attribute map gives the rest)."""
+    from transformers import GPT2Config
+
+    cache = KVCache(GPT2Config(n_embd=64, n_head=4, n_layer=3))
+    cache.append([(torch.zeros(1, 4, 5, 16), torch.zeros(1, 4, 5, 16))] * 3)
+    assert [tuple(k.shape) for k in cache.keys] == [(1, 4, GRANULE, 16)] * 3 and cache.length == 5
 
 
 def _forward(cache: KVCache, T: int) -> None:
@@ -103,4 +114,9 @@ def test_window_with_no_room_to_spare_still_sees_its_window():
     cache.trim(5)
     cache.settle()
     assert cache.capacity == 2 + 6 + 1
-    _forward(cache, 1)
+    buffer = cache.keys[0]  # the tensor itself: a freed block's address may come back
+    for _ in range(20):  # a steady ring: decode steps and two-token verifies allocate nothing
+        _forward(cache, 1)
+        _forward(cache, 2)
+        cache.trim(1)
+    assert cache.keys[0] is buffer and cache.capacity == 2 + 6 + 1

@@ -28,11 +28,11 @@ CASES = {  # method -> sampling; ngram drafts only from repeats, which the alpha
 
 def _engine(loaded, method, reference):
     """A fresh engine per run (finished runs teach the suffix index the right text); suffix/auto
-    get an index holding the reference with every 6th token wrong, so their drafts run right for a
+    get an index holding the reference with every 4th token wrong, so their drafts run right for a
     while and then wrong. auto's cost curve is pinned (fresh_llm)."""
     llm = fresh_llm(loaded, prefix_cache=False)
     if method in ("suffix", "auto"):
-        llm.core.speculator.suffix_for("").add_sequence(SMALL_PROMPT + taught_variant(reference))
+        llm.core.speculator.suffix_for("").add_sequence(SMALL_PROMPT + taught_variant(reference, every=4))
     return llm
 
 
