@@ -351,3 +351,16 @@ def test_a_gguf_is_built_straight_onto_its_blocks(smol_loaded, smol_float):
     a, b = Verifier(model), Verifier(full)
     assert a.path == b.path == "native"
     assert torch.equal(a.forward(a.new_cache(), ids, len(ids)), b.forward(b.new_cache(), ids, len(ids)))
+
+
+def test_a_build_killed_midway_does_not_block_the_next_start():
+    """torch guards a build with a lock file that a killed build leaves behind, and every later load
+    then waits on it forever (seen here: a killed process hung the next `kakeya serve` at start-up)."""
+    import subprocess
+    import sys
+
+    lock = native.build_dir() / "lock"
+    lock.touch()  # what a build killed midway leaves
+    r = subprocess.run([sys.executable, "-c", "from inference_engine.models import native; print(native.extension() is not None)"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.stdout.strip() == "True", r.stderr  # before the fix: the load waited until the timeout
