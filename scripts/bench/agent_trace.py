@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,39 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "workloads"))
 
 from agent_traces import INSTRUCTIONS, TOOLS, generate  # noqa: E402
-from common import environment, write_result  # noqa: E402
+from common import Server, environment, write_result  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 ARMS = {"plain": {"speculative": {"method": "none"}}, "auto": {}}
-
-
-class Server:
-    """`kakeya serve` on a free 127.0.0.1 port, greedy by default, until closed."""
-
-    def __init__(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inference_engine", "serve", "--port", str(self.port),
-                                      "--grpc-port", "0", "--temperature", "0"], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.close()
-        raise RuntimeError("kakeya serve did not become healthy")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def turn(client: httpx.Client, url: str, body: dict) -> dict:
@@ -122,10 +89,10 @@ def main() -> None:
     with httpx.Client() as client:
         for mode in modes:
             for arm, extra in ARMS.items():
-                server = Server() if mode == "warm" else None
+                server = Server("--temperature", "0") if mode == "warm" else None
                 try:
                     for tr in traces:
-                        srv = server or Server()
+                        srv = server or Server("--temperature", "0")
                         try:
                             model = client.get(srv.url + "/v1/models").json()["data"][0]["id"]
                             results[mode][arm].append(run_trace(client, srv.url, tr, extra, model, args.max_tokens))

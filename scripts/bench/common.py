@@ -12,10 +12,13 @@ prompts); it imports nothing from them, so no scenario imports another to reach 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,3 +176,36 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+class Server:
+    """`kakeya serve ARGS…` in its own process on a free loopback port (gRPC off), until closed;
+    `client` talks to it. Waits (bounded: 5 minutes) for /healthz, failing early if it exits."""
+
+    def __init__(self, *args: str):
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "inference_engine", "serve", "--port", str(self.port), "--grpc-port", "0", *args]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=600)
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                break
+            try:
+                if self.client.get("/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.close()
+        raise RuntimeError("kakeya serve did not become healthy")
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=60)

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, write_result  # noqa: E402
+from common import Server, environment, write_result  # noqa: E402
 from common import table as md_table  # noqa: E402
 
 from inference_engine.config import EngineConfig, ModelConfig  # noqa: E402
@@ -108,35 +105,10 @@ def over_http(client: httpx.Client, content: str, tokens: int) -> dict:
     return summarise(t0, stamps, usage["completion_tokens"])
 
 
-class Server:
-    """`kakeya serve` in its own process on a free loopback port, plain decoding."""
-
-    def __init__(self, dtype: str, quantization: str):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "inference_engine", "serve", "--port", str(self.port), "--grpc-port", "0",
-               "--device", "cpu", "--dtype", dtype, "--quantization", quantization, "--speculative-method", "none"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
-        for _ in range(600):  # bounded: 5 minutes
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("kakeya serve did not become healthy")
-
-    def close(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
 def streaming(loaded, config: str, tokens: int, repeats: int) -> dict:
     dtype, _, quant = config.partition("+")
-    llm, server = LLM(loaded), Server(dtype, quant or "none")
+    llm, server = LLM(loaded), Server("--device", "cpu", "--dtype", dtype, "--quantization", quant or "none",
+                                       "--speculative-method", "none")
     runs: dict[str, list[dict]] = {"in_process": [], "http": []}
     try:
         for i in range(repeats + 1):  # the first round warms both up and is dropped
